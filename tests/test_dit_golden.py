@@ -1,0 +1,106 @@
+"""Tiny-model parity of the DiT against the official implementation (golden dit_single / dit_multi)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from golden import assert_close, golden_cases
+from infinitetalk.models.wan_dit import WanModel
+
+ATOL = 1e-4
+CASES = golden_cases("dit_single") + golden_cases("dit_multi")
+
+# Fixture intermediate name -> (module path, how to read the hooked output).
+_MODULE_TAPS = {
+    "patch_embedding_out": "patch_embedding",
+    "time_embedding_out_e": "time_embedding",
+    "time_projection_out_e0": "time_projection",
+    "text_embedding_out": "text_embedding",
+    "img_emb_out": "img_emb",
+    "audio_proj_out": "audio_proj",
+    "head_out": "head",
+}
+
+
+def _build(case) -> WanModel:
+    model = WanModel(**case.config).eval()
+    model.load_state_dict(case.weights(), strict=True)
+    return model
+
+
+def _inputs(case) -> dict[str, torch.Tensor]:
+    """Case inputs plus ``audio`` (windowed) and ``audio_null`` (the drop-audio input, one zero speaker)."""
+    inp = case.inputs()
+    if "audio" not in inp:
+        inp["audio"] = inp["audio_full"][:, inp["audio_indices"]]  # [N, F, 5, 12, 768]
+    inp["audio_null"] = torch.zeros_like(inp["audio"][:1])
+    return inp
+
+
+def _call(model, inp, call):
+    context = inp[call["context"].strip("[]")][None]  # "[context]" -> [1, Lt, text_dim]
+    x = inp[call.get("x", "x")][None]
+    return model(x, inp[call["t"]], context, inp["clip_fea"], inp["y"], inp[call["audio"]],
+                 ref_target_masks=inp["ref_target_masks"])
+
+
+def _capture(model, records: dict):
+    """Forward hooks that store every intermediate the fixtures record; returns the handles."""
+    def tap(name, pick=lambda o: o):
+        def hook(_module, _args, output):
+            records[name] = pick(output)
+        return hook
+
+    handles = [model.get_submodule(path).register_forward_hook(tap(name))
+               for name, path in _MODULE_TAPS.items()]
+    for i, block in enumerate(model.blocks):
+        handles.append(block.register_forward_hook(tap(f"block{i}.out")))
+        handles.append(block.audio_cross_attn.register_forward_hook(tap(f"block{i}.audio_cross_attn_out")))
+        handles.append(block.routing.register_forward_hook(tap(f"block{i}.x_ref_attn_map", lambda o: o[0])))
+    return handles
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dit_outputs(case):
+    model = _build(case)
+    inp, expected = _inputs(case), case.outputs()
+    for call in case.case["calls"]:
+        out = _call(model, inp, call)
+        assert_close(out, expected[call["output"]], ATOL, f"{case.id} {call['output']}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dit_intermediates(case):
+    model = _build(case)
+    model.capture_routing_map = True  # one speaker: the map is skipped in normal runs
+    inp, expected = _inputs(case), case.outputs()
+    compared = 0
+    for k, call in enumerate(case.case["calls"]):
+        prefix = f"inter_t{k}."
+        wanted = {key[len(prefix):]: v for key, v in expected.items() if key.startswith(prefix)}
+        if not wanted:
+            continue
+        records: dict[str, torch.Tensor] = {}
+        handles = _capture(model, records)
+        try:
+            _call(model, inp, call)
+        finally:
+            for h in handles:
+                h.remove()
+        for name, value in wanted.items():
+            assert name in records, f"{case.id}: intermediate {name} was not captured"
+            assert_close(records[name], value, ATOL, f"{case.id} {prefix}{name}")
+            compared += 1
+    assert compared > 0, f"{case.id}: no inter_t* intermediates found in outputs.safetensors"
+
+
+def test_routing_map_skipped_for_one_speaker():
+    case = golden_cases("dit_single")[0].values[0]
+    if case is None:
+        pytest.skip("no dit_single fixture")
+    model = _build(case)
+    inp = _inputs(case)
+    seen = []
+    model.blocks[0].routing.register_forward_hook(lambda *_: seen.append(1))
+    _call(model, inp, case.case["calls"][0])
+    assert not seen, "the speaker-routing map must not be computed for one speaker"
