@@ -102,15 +102,18 @@ def routing_map(q: torch.Tensor, k: torch.Tensor, class_masks: torch.Tensor, fra
     heads, d = q.shape[2], q.shape[3]
     group = heads // 2
     masks = class_masks.to(device=q.device, dtype=torch.float32)  # [3, S]
-    area = masks.sum(-1)  # [3]
-    q32 = q.float().transpose(1, 2) * d ** -0.5   # [B, H, L, D]
-    k32 = k[:, :frame_tokens].float().transpose(1, 2)  # [B, H, S, D]
+    per_key = (masks / masks.sum(-1, keepdim=True)).t()  # [S, 3]: mean over each class's keys
     total = None
     for g in range(2):
-        sl = slice(g * group, (g + 1) * group)
-        probs = (q32[:, sl] @ k32[:, sl].transpose(-2, -1)).softmax(-1)  # [B, h, L, S]
-        per_class = torch.einsum("bhls,cs->bchl", probs, masks) / area[None, :, None, None]  # [B, 3, h, L]
-        m = per_class.mean(2)  # [B, 3, L]
+        acc = None
+        # One head at a time: [B, L, S] probabilities instead of [B, heads, L, S] (GBs at 14B/720p).
+        for hd in range(g * group, (g + 1) * group):
+            qh = q[:, :, hd].float() * d ** -0.5       # [B, L, D]
+            kh = k[:, :frame_tokens, hd].float()        # [B, S, D]
+            probs = (qh @ kh.transpose(-2, -1)).softmax(-1)  # [B, L, S]
+            per_class = probs @ per_key                 # [B, L, 3]
+            acc = per_class if acc is None else acc + per_class
+        m = (acc / group).transpose(1, 2)  # [B, 3, L]: mean over the group's heads
         total = m if total is None else total + m
     return total / 2
 

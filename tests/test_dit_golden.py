@@ -104,3 +104,64 @@ def test_routing_map_skipped_for_one_speaker():
     model.blocks[0].routing.register_forward_hook(lambda *_: seen.append(1))
     _call(model, inp, case.case["calls"][0])
     assert not seen, "the speaker-routing map must not be computed for one speaker"
+
+
+def _multi():
+    case = golden_cases("dit_multi")[0].values[0]
+    if case is None:
+        pytest.skip("no dit_multi fixture")
+    return case, _build(case), _inputs(case)
+
+
+@pytest.mark.parametrize("empty", [0, 1, 2])
+def test_empty_speaker_mask_class_raises(empty):
+    case, model, inp = _multi()
+    masks = inp["ref_target_masks"].clone()
+    masks[empty] = 0
+    inp["ref_target_masks"] = masks
+    name = ("speaker 1", "speaker 2", "background")[empty]
+    with pytest.raises(ValueError, match=f"speaker mask '{name}' covers no token"):
+        _call(model, inp, case.case["calls"][0])
+
+
+def test_two_speakers_need_masks():
+    _case, model, inp = _multi()
+    with pytest.raises(ValueError, match="two speakers need ref_target_masks"):
+        model(inp["x"][None], inp["t0"], inp["context"][None], inp["clip_fea"], inp["y"], inp["audio"])
+
+
+def test_audio_length_mismatch_raises():
+    case, model, inp = _multi()
+    inp["audio"] = inp["audio"][:, :-1]
+    with pytest.raises(ValueError, match="audio must be"):
+        _call(model, inp, case.case["calls"][0])
+
+
+def test_batch_of_two_matches_single():
+    case, model, inp = _multi()
+    call = case.case["calls"][0]
+    single = _call(model, inp, call)
+    context = inp["context"][None].expand(2, -1, -1)
+    batched = model(inp["x"][None].expand(2, -1, -1, -1, -1), inp["t0"].expand(2), context,
+                    inp["clip_fea"].expand(2, -1, -1), inp["y"].expand(2, -1, -1, -1, -1), inp["audio"],
+                    ref_target_masks=inp["ref_target_masks"])
+    assert_close(batched[0:1], single, 1e-5, "batch element 0")
+    assert_close(batched[1:2], single, 1e-5, "batch element 1")
+
+
+def test_bf16_weights_run():
+    """bf16 weights: activations follow the weight dtype; output is fp32, finite and near the fp32 result."""
+    case, model, inp = _multi()
+    expected = case.outputs()["out_t0"]
+    out = _call(model.to(torch.bfloat16), inp, case.case["calls"][0])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - expected).abs().mean() < 0.05
+
+
+def test_rope_table_cached_per_grid_and_device():
+    from infinitetalk.models.rope import rope_table_3d
+
+    a = rope_table_3d((2, 4, 6), 32, "cpu")
+    assert rope_table_3d((2, 4, 6), 32, torch.device("cpu")) is a, "table must be reused, not rebuilt"
+    assert a[0].shape == (48, 1, 16) and a[0].dtype == torch.float64
+    assert rope_table_3d((3, 4, 6), 32, "cpu") is not a
