@@ -1,0 +1,101 @@
+"""wav2vec2 speech encoder running its transformer at the video frame rate (25 fps).
+
+Numerics follow the official InfiniteTalk implementation (``src/audio_analysis/wav2vec2.py``): the
+conv feature encoder runs at its native ~50 Hz, its features are LINEARLY interpolated in time
+(``align_corners=True``) to ``seq_len`` video frames BEFORE the feature projection and the
+transformer encoder, and the 12 layer outputs (``hidden_states[1:]``) are stacked per frame.
+
+The layers are transformers' own ``Wav2Vec2Model`` pieces (parameter names equal the HF checkpoint
+keys without the ``wav2vec2.`` prefix), but the encoder loop is driven here, layer by layer: that
+way we never depend on how a transformers version returns hidden states (v5 records them with
+hooks) and never request attention maps (the reference forces ``output_attentions=True``, which
+breaks SDPA on newer transformers and does not change the outputs).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+from transformers import Wav2Vec2Config
+from transformers import Wav2Vec2Model as _HFWav2Vec2Model
+
+# Config entries that only steer outputs/bookkeeping; dropped so they cannot re-enable attention maps.
+_IGNORED_CONFIG_KEYS = ("output_attentions", "output_hidden_states", "return_dict", "torchscript",
+                        "_attn_implementation_autoset", "transformers_version", "_name_or_path",
+                        "attn_implementation", "architectures", "torch_dtype", "dtype")
+
+
+def make_config(config: dict | Wav2Vec2Config, attn_implementation: str = "sdpa") -> Wav2Vec2Config:
+    """A ``Wav2Vec2Config`` from a config.json dict (or a config), with a safe attention backend."""
+    if isinstance(config, Wav2Vec2Config):
+        config = config.to_dict()
+    clean = {k: v for k, v in config.items() if k not in _IGNORED_CONFIG_KEYS}
+    return Wav2Vec2Config(**clean, attn_implementation=attn_implementation)
+
+
+class Wav2Vec2At25fps(nn.Module):
+    """wav2vec2 with the 25 fps interpolation before the encoder.
+
+    ``forward(input_values [N] or [1, N], seq_len) -> [seq_len, num_layers, hidden]``.
+    ``do_normalize`` records whether the feature extractor of this checkpoint normalises the
+    waveform (zero mean, unit variance) before the model; the caller applies it (see
+    ``samplers.speech``), the model itself never does.
+    """
+
+    def __init__(self, config: dict | Wav2Vec2Config, do_normalize: bool = False,
+                 attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.config = make_config(config, attn_implementation)
+        self.do_normalize = bool(do_normalize)
+        hf = _HFWav2Vec2Model(self.config)
+        # Keep transformers' submodules under the checkpoint's own attribute names.
+        self.feature_extractor = hf.feature_extractor
+        self.feature_projection = hf.feature_projection
+        self.encoder = hf.encoder
+        if hasattr(hf, "masked_spec_embed"):
+            # Only used for training-time masking; kept so checkpoints load without leftovers.
+            self.masked_spec_embed = hf.masked_spec_embed
+        self.eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.feature_projection.projection.weight.dtype
+
+    def conv_features(self, input_values: torch.Tensor) -> torch.Tensor:
+        """[B, N] samples -> [B, C_conv, T_conv] (~50 Hz)."""
+        return self.feature_extractor(input_values.to(self.dtype))
+
+    @staticmethod
+    def to_frames(conv: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """[B, C_conv, T_conv] -> [B, seq_len, C_conv]: linear, align_corners=True (the reference)."""
+        if seq_len < 1:
+            raise ValueError(f"wav2vec: seq_len must be >= 1 video frame, got {seq_len} "
+                             "(the audio is shorter than one frame at 25 fps)")
+        return F.interpolate(conv, size=seq_len, mode="linear", align_corners=True).transpose(1, 2)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, T, C_conv] -> [B, T, num_layers, hidden]: the outputs of every transformer layer."""
+        hidden = self.feature_projection(frames)[0]  # (projected, normed-unprojected) -> projected
+        enc = self.encoder
+        stable = self.config.do_stable_layer_norm
+        hidden = hidden + enc.pos_conv_embed(hidden)
+        if not stable:
+            hidden = enc.layer_norm(hidden)
+        outputs = []
+        for layer in enc.layers:
+            out = layer(hidden, attention_mask=None)
+            hidden = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
+            outputs.append(hidden)
+        if stable:
+            # Pre-LN variants normalise only the last hidden state.
+            outputs[-1] = enc.layer_norm(outputs[-1])
+        return torch.stack(outputs, dim=2)
+
+    def forward(self, input_values: torch.Tensor, seq_len: int) -> torch.Tensor:
+        if input_values.dim() == 1:
+            input_values = input_values[None]
+        if input_values.dim() != 2 or input_values.shape[0] != 1:
+            raise ValueError(f"wav2vec: expected one mono waveform [N] or [1, N], got {tuple(input_values.shape)}")
+        conv = self.conv_features(input_values)  # [1, C_conv, T_conv]
+        frames = self.to_frames(conv, seq_len)  # [1, seq_len, C_conv]
+        return self.encode(frames)[0]  # [seq_len, layers, hidden]
