@@ -1,0 +1,277 @@
+"""``load_dit``: base (+ audio adapter), full, fp8 or optimum-quanto files -> ``WanModel``, streamed.
+
+The model is built on the ``meta`` device, then every tensor is read, cast to the target dtype and
+assigned one at a time, file by file, so peak host RAM is about one copy of the result (the
+official loader holds a fp32 dict of everything plus the model). Before any data is read, the
+union of the file keys is checked against the model's key set; a mismatch is an error that says
+what the files are and where they belong.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models.ops import TorchOps
+from ..models.wan_dit import WanModel
+from . import keymaps as km
+from .detect import FileInfo, describe, detect
+from .files import LoaderError, WeightFile, open_weights, read_json
+from .lora import LoraReport, apply_loras
+from .quanto import QuantoLinear, QuantoOps, find_quant_map, prepare_quantized
+
+log = logging.getLogger(__name__)
+
+KEEP_DTYPE_SUFFIXES = (".weight._data",)                                   # int8 / fp8 as stored
+FP32_SUFFIXES = (".weight._scale", ".input_scale", ".output_scale")       # quanto scales
+OPTIONAL_SUFFIXES = (".input_scale", ".output_scale")                     # unused (weight-only)
+SHAPE_KEYS = ("dim", "in_dim", "patch_size", "num_layers", "ffn_dim", "text_dim", "freq_dim", "out_dim",
+              "intermediate_dim", "output_dim", "context_tokens", "audio_window", "vae_scale")
+
+SLOT_HINTS = {
+    "lora": "It is a LoRA: connect it to the lora input (InfiniteTalk LoRA node).",
+    "audio_adapter": "It is an audio adapter: put it in the audio_adapter input and pick the Wan2.1-I2V-14B "
+                     "base model (or a full model) as model.",
+    "umt5": "It is a umT5 text encoder: it belongs in the T5 text encoder input (models/text_encoders).",
+    "wav2vec2": "It is a wav2vec2 audio encoder: it belongs in the audio encoder input.",
+    "clip_vision": "It is a CLIP vision model: load it with ComfyUI's CLIP Vision loader.",
+    "vae": "It is a VAE: load it with ComfyUI's VAE loader.",
+    "unknown": "Its keys match no Wan2.1 / InfiniteTalk / MultiTalk layout.",
+}
+
+
+@dataclass
+class DitLoadReport:
+    """What ``load_dit`` loaded, shown to the user (``model.load_report``)."""
+
+    model_file: str
+    model_kind: str
+    adapter_file: str | None
+    quant: str | None
+    quant_map: str | None
+    dtype: torch.dtype
+    config: dict
+    loras: list[LoraReport] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{Path(self.model_file).name}: {self.model_kind}"]
+        if self.adapter_file:
+            parts.append(f"audio adapter {Path(self.adapter_file).parent.name}/{Path(self.adapter_file).name}")
+        if self.quant:
+            parts.append(f"quant {self.quant}" + (f" (map {Path(self.quant_map).name})" if self.quant_map else ""))
+        parts += [f"LoRA {r.source} x{r.strength:g}" for r in self.loras]
+        return "; ".join(parts)
+
+
+# -- opening and slot checks -----------------------------------------------------------------------
+def _open_model(path: Path) -> WeightFile:
+    """Open ``path``; a single shard of an indexed set opens the whole set (found via the index)."""
+    src = open_weights(path)
+    if path.is_file() and len(src.files) == 1 and src.path.suffix == ".safetensors":
+        for index in path.parent.glob("*.safetensors.index.json"):
+            try:
+                shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            except (OSError, ValueError):
+                continue
+            if path.name in shards and len(shards) > 1:
+                log.info("%s is one shard of %s; loading the whole set", path.name, index.name)
+                return open_weights(index)
+    return src
+
+
+def _check_model_slot(info: FileInfo, path: Path, adapter: bool) -> None:
+    if info.kind in ("wan_base", "wan_full", "quanto_full"):
+        if info.kind == "wan_base" and not adapter:
+            raise LoaderError(f"{path}: {describe(info)}. It has no audio weights: choose the InfiniteTalk "
+                              "(single or multi) or MultiTalk adapter in the audio_adapter input.")
+        if info.kind != "wan_base" and adapter:
+            raise LoaderError(f"{path}: {describe(info)}; it already contains audio weights, so a second "
+                              "audio adapter cannot be added. Set audio_adapter to none (or pick the base "
+                              "model as model).")
+        return
+    raise LoaderError(f"{path} is {info.words}, not a DiT model. {SLOT_HINTS.get(info.kind, '')}")
+
+
+def _check_adapter_slot(info: FileInfo, path: Path, base: FileInfo) -> None:
+    if info.kind != "audio_adapter":
+        hint = ("It is a model: put it in the model input." if info.kind in ("wan_base", "wan_full", "quanto_full")
+                else SLOT_HINTS.get(info.kind, ""))
+        raise LoaderError(f"{path} is {info.words}, not an audio adapter. {hint}")
+    dim, layers = base.dims.get("dim"), base.dims.get("num_layers")
+    if (info.dims.get("audio_dim"), info.dims.get("audio_layers")) != (dim, layers):
+        raise LoaderError(f"{path}: shapes disagree: this adapter is for a DiT of dim {info.dims.get('audio_dim')} "
+                          f"with {info.dims.get('audio_layers')} blocks, but the model has dim {dim} and {layers} "
+                          "blocks. InfiniteTalk/MultiTalk adapters fit Wan2.1-I2V-14B.")
+
+
+# -- config ----------------------------------------------------------------------------------------
+def _explicit_configs(src: WeightFile, extra: dict | None) -> list[tuple[str, dict]]:
+    found = []
+    config_json = src.files[0].parent / "config.json"
+    if len(src.files) > 1 or src.path.is_dir() or src.path.name.endswith(".index.json"):
+        if config_json.is_file():
+            found.append((str(config_json), read_json(config_json, "model config")))
+    if km.CONFIG_METADATA_KEY in src.metadata:
+        try:
+            found.append((f"{src.path} metadata", json.loads(src.metadata[km.CONFIG_METADATA_KEY])))
+        except ValueError:
+            log.warning("%s: ignoring unreadable 'config' metadata", src.path)
+    if extra:
+        found.append(("config argument", dict(extra)))
+    return found
+
+
+def resolve_config(src: WeightFile, info: FileInfo, adapter: FileInfo | None, extra: dict | None) -> dict:
+    """WanModel kwargs: dims from shapes, then config.json / file metadata / ``extra`` (which must agree
+    with the shapes). Heads come from a config if any, else ``dim // 128``."""
+    derived = {k: v for k, v in info.dims.items() if k in km.WAN_KWARGS}
+    if adapter is not None:
+        derived.update({k: v for k, v in adapter.dims.items() if k in km.WAN_KWARGS})
+    cfg = dict(derived)
+    for where, explicit in _explicit_configs(src, extra):
+        for key in km.WAN_KWARGS:
+            if key not in explicit:
+                continue
+            value = explicit[key]
+            if key in SHAPE_KEYS and key in derived and list(_as_list(value)) != list(_as_list(derived[key])):
+                raise LoaderError(f"{where}: shapes disagree: it says {key}={value} but the weights have "
+                                  f"{key}={derived[key]}. Use the config that belongs to these weights.")
+            cfg[key] = value
+    if cfg["dim"] % cfg["num_heads"]:
+        raise LoaderError(f"{src.path}: num_heads {cfg['num_heads']} does not divide dim {cfg['dim']}.")
+    return cfg
+
+
+def _as_list(v):
+    return v if isinstance(v, (list, tuple)) else [v]
+
+
+# -- key plan and streaming ------------------------------------------------------------------------
+def _file_keys(src: WeightFile) -> list[str]:
+    aux = (km.SCALED_FP8_SUFFIX, *km.SCALED_FP8_IGNORED_SUFFIXES)
+    return [k for k in src.keys() if k != km.SCALED_FP8_MARKER and not k.endswith(aux)]
+
+
+def _key_error(missing: set, unexpected: set, sources: list[WeightFile]) -> LoaderError:
+    names = " + ".join(str(s.path) for s in sources)
+    hint = ""
+    if missing and all(km.is_audio_key(k) for k in missing):
+        hint = " The audio weights are missing: choose an InfiniteTalk/MultiTalk adapter in audio_adapter."
+    elif missing and not any(km.is_audio_key(k) for k in missing):
+        hint = " Base weights are missing: the model file is incomplete (a missing shard?) or not Wan2.1 I2V."
+    if any(k.endswith(km.QUANTO_DATA) for k in unexpected):
+        hint += " Quantized keys without a matching map entry: use the map shipped with this file."
+    return LoaderError(f"{names}: the keys do not match the InfiniteTalk DiT: {len(missing)} missing "
+                       f"(e.g. {sorted(missing)[:6]}), {len(unexpected)} unexpected "
+                       f"(e.g. {sorted(unexpected)[:6]}).{hint}")
+
+
+def plan_keys(model: nn.Module, sources: list[WeightFile]) -> dict[str, WeightFile]:
+    """key -> the file it comes from; the union must be exactly the model's key set."""
+    expected = set(model.state_dict(keep_vars=True))
+    plan: dict[str, WeightFile] = {}
+    for src in sources:
+        for key in _file_keys(src):
+            if key in plan:
+                raise LoaderError(f"{key} is in both {plan[key].path} and {src.path}: two files provide the "
+                                  "same weights (two audio adapters, or an adapter given with a full model).")
+            plan[key] = src
+    missing = {k for k in expected - set(plan) if not k.endswith(OPTIONAL_SUFFIXES)}
+    unexpected = set(plan) - expected
+    if missing or unexpected:
+        raise _key_error(missing, unexpected, sources)
+    return plan
+
+
+def _read(src: WeightFile, key: str, dtype: torch.dtype, device) -> torch.Tensor:
+    t = src.get(key)
+    if key.endswith(".weight") and (scale_key := key[:-7] + km.SCALED_FP8_SUFFIX) in src:
+        t = t.to(torch.float32) * src.get(scale_key).to(torch.float32)   # Kijai "fp8 scaled"
+    if key.endswith(KEEP_DTYPE_SUFFIXES):
+        return t.to(device)
+    if key.endswith(FP32_SUFFIXES):
+        return t.to(device=device, dtype=torch.float32)
+    return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+
+def _assign(modules: dict[str, nn.Module], key: str, value: torch.Tensor, src: WeightFile) -> None:
+    owner = km.module_of(key)
+    module, local = modules[owner], key[len(owner) + 1:]
+    if isinstance(module, QuantoLinear) and module.quantized:
+        local = km.QUANTO_SUFFIXES.get(local, local)
+    current = module._parameters.get(local, module._buffers.get(local))
+    if current is None or tuple(current.shape) != tuple(value.shape):
+        want = None if current is None else tuple(current.shape)
+        raise LoaderError(f"{src.path}: shapes disagree for {key}: file {tuple(value.shape)}, model {want}. "
+                          "The file does not fit this model configuration (check config.json / num_heads).")
+    if local in module._parameters:
+        module._parameters[local] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[local] = value
+
+
+def stream_into(model: nn.Module, plan: dict[str, WeightFile], dtype: torch.dtype, device) -> None:
+    """Read, cast and assign every planned tensor, file by file (releasing each file's map after)."""
+    modules = dict(model.named_modules())
+    by_file: dict[tuple[int, Path], list[str]] = {}
+    for key, src in plan.items():
+        by_file.setdefault((id(src), src.file_of(key)), []).append(key)
+    sources = {id(s): s for s in plan.values()}
+    for (sid, path), keys in by_file.items():
+        src = sources[sid]
+        for key in keys:
+            _assign(modules, key, _read(src, key, dtype, device), src)
+        src.release(path)
+    for name, module in modules.items():           # unused activation scalars absent from a file
+        for buf in ("input_scale", "output_scale"):
+            if isinstance(module, QuantoLinear) and module.quantized and module._buffers[buf].is_meta:
+                module._buffers[buf] = torch.ones((), device=device)
+    left = [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta]
+    if left:
+        raise LoaderError(f"internal: {len(left)} tensors were not loaded (e.g. {left[:3]}).")
+
+
+# -- the entry point -------------------------------------------------------------------------------
+def load_dit(model_path, adapter_path=None, loras=(), dtype: torch.dtype = torch.bfloat16,
+             device="cpu", config: dict | None = None) -> WanModel:
+    """Load the InfiniteTalk / MultiTalk DiT.
+
+    model_path: base shard set (folder, index or any shard), a single-file base or full model
+        (official or ComfyUI repack, bf16/fp16/fp8/fp8-scaled, optional ``model.diffusion_model.``
+        prefix) or an optimum-quanto full model (its JSON map next to it).
+    adapter_path: the audio adapter (InfiniteTalk single / multi, MultiTalk, or ComfyUI's
+        model_patches repack) when model_path is a base model. Single and multi adapters have the
+        same keys: which one is used is the user's choice of file, reported as given.
+    loras: ``(path, strength)`` pairs applied in order after loading.
+    config: WanModel kwargs that override config.json / metadata (e.g. num_heads of a file without one).
+    """
+    model_path = Path(model_path)
+    src = _open_model(model_path)
+    info = detect(src)
+    _check_model_slot(info, model_path, adapter_path is not None)
+    sources, adapter_info = [src], None
+    if adapter_path is not None:
+        adapter = open_weights(adapter_path)
+        adapter_info = detect(adapter)
+        _check_adapter_slot(adapter_info, Path(adapter_path), info)
+        sources.append(adapter)
+    cfg = resolve_config(src, info, adapter_info, config)
+    qmap_path, qmap = None, None
+    if info.kind == "quanto_full":
+        qmap_path, qmap = find_quant_map(src.path, src.keys(), src.dtype)
+    with torch.device("meta"):
+        model = WanModel(**cfg, operations=QuantoOps if qmap else TorchOps)
+    if qmap:
+        prepare_quantized(model, qmap)
+    stream_into(model, plan_keys(model, sources), dtype, device)
+    model.eval()
+    report = DitLoadReport(str(model_path), info.kind, None if adapter_path is None else str(adapter_path),
+                           info.quant, None if qmap_path is None else str(qmap_path), dtype, cfg)
+    report.loras = apply_loras(model, loras)
+    model.load_report = report
+    log.info("loaded DiT: %s", report.summary())
+    return model

@@ -1,0 +1,91 @@
+"""Key names as data: prefixes of foreign layouts, quant and LoRA suffixes, the audio key pattern.
+
+Our modules keep the official checkpoint names (``blocks.3.audio_cross_attn.kv_linear.weight``), so
+a foreign layout is only a prefix to strip or a suffix to recognise; nothing is renamed by code.
+"""
+from __future__ import annotations
+
+import re
+
+# Prefixes that single-file repacks put in front of the official DiT keys (longest first).
+DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+# Keys that identify the Wan DiT trunk and the audio adapter (after prefix stripping).
+BASE_ANCHOR = "patch_embedding.weight"
+AUDIO_ANCHOR = "audio_proj.proj1"          # + ".weight" or ".weight._data"
+AUDIO_KEY = re.compile(r"^(audio_proj\.|blocks\.\d+\.(audio_cross_attn|norm_x)\.)")
+BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+# optimum-quanto weight-only Linear: official state-dict suffixes -> our buffer names.
+QUANTO_SUFFIXES = {
+    "weight._data": "weight_data",
+    "weight._scale": "weight_scale",
+    "input_scale": "input_scale",
+    "output_scale": "output_scale",
+}
+QUANTO_DATA = ".weight._data"
+
+# Kijai's "fp8 scaled" single files: fp8 weight + one fp32 scale per tensor, and a marker key.
+SCALED_FP8_SUFFIX = ".scale_weight"
+SCALED_FP8_MARKER = "scaled_fp8"
+SCALED_FP8_IGNORED_SUFFIXES = (".scale_input",)
+
+# LoRA key suffixes -> (role, which parameter of the target module it changes).
+LORA_SUFFIXES = {
+    ".lora_down.weight": ("down", "weight"),
+    ".lora_up.weight": ("up", "weight"),
+    ".lora_A.weight": ("down", "weight"),
+    ".lora_B.weight": ("up", "weight"),
+    ".alpha": ("alpha", "weight"),
+    ".diff_b": ("diff", "bias"),
+    ".diff": ("diff", "weight"),
+}
+LORA_PREFIXES = ("diffusion_model.", "model.diffusion_model.", "transformer.", "lora_unet_", "")
+
+# Keys by which other model families are recognised (for "wrong input" messages).
+FOREIGN_FAMILIES = {
+    "umt5": ("token_embedding.weight", "shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight"),
+    "wav2vec2": ("feature_extractor.conv_layers.0.conv.weight",
+                 "wav2vec2.feature_extractor.conv_layers.0.conv.weight", "encoder.pos_conv_embed.conv.bias"),
+    "clip_vision": ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
+    "vae": ("decoder.conv1.weight", "encoder.conv1.weight", "decoder.head.2.weight"),
+}
+
+# config.json / metadata keys that are WanModel constructor kwargs (others, e.g. _class_name, dropped).
+WAN_KWARGS = (
+    "model_type", "patch_size", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "text_dim",
+    "out_dim", "num_heads", "num_layers", "window_size", "qk_norm", "cross_attn_norm", "eps",
+    "audio_window", "intermediate_dim", "output_dim", "context_tokens", "vae_scale",
+    "norm_input_visual", "norm_output_audio",
+)
+# Safetensors metadata key under which files we write carry their constructor kwargs as JSON.
+CONFIG_METADATA_KEY = "config"
+
+# Official shard-set names and the quantization-map names shipped next to quantized files.
+QUANT_MAP_SIBLINGS = (
+    (re.compile(r"^dit_model_(int8|fp8)$"), "dit_model_map_{0}.json"),
+    (re.compile(r"^quant_model_(int8|fp8)_FusionX$"), "quantization_map_{0}_FusionX.json"),
+    (re.compile(r"^t5_(int8|fp8)$"), "t5_map_{0}.json"),
+)
+
+
+def find_prefix(keys, anchors=(BASE_ANCHOR,), prefixes=DIT_PREFIXES) -> str:
+    """The prefix (possibly '') under which any anchor key appears; '' if none does."""
+    keyset = set(keys)
+    for prefix in prefixes:
+        if any(prefix + a in keyset or prefix + a + ".weight" in keyset
+               or prefix + a + ".weight._data" in keyset for a in anchors):
+            return prefix
+    return ""
+
+
+def is_audio_key(key: str) -> bool:
+    return AUDIO_KEY.match(key) is not None
+
+
+def module_of(key: str) -> str:
+    """'blocks.0.self_attn.q.weight._data' -> 'blocks.0.self_attn.q'."""
+    for suffix in QUANTO_SUFFIXES:
+        if key.endswith("." + suffix):
+            return key[: -len(suffix) - 1]
+    return key.rsplit(".", 1)[0]
