@@ -1,0 +1,230 @@
+"""Random stand-ins for the two models the *host* loads for us: the Wan 2.1 VAE and CLIP vision ViT-H.
+
+Both are written in exactly the layouts the host's own loaders recognise, so tests and the try-it
+script exercise the real `VAELoader` / `CLIPVisionLoader`:
+
+* ``write_tiny_vae(path, dim=...)``: the 194 tensor names of the official ``Wan2.1_VAE.pth`` (same
+  names and ranks; every width scales with ``dim``; the official file has ``dim=96``).  ComfyUI
+  0.3.75 reads the width from ``decoder.head.0.gamma``, so a narrow VAE is accepted; ``dim=1`` is
+  the narrowest (every width is a positive multiple of ``dim``), and the host encodes/decodes it.
+* ``clip_vision_h_path()``: the Comfy-Org ``clip_vision_h.safetensors`` layout (transformers CLIP
+  vision names, 632M parameters, fp16).  The host recognises CLIP vision only by layer count, so
+  there is no smaller variant; the file (1.2 GiB) is generated once per machine into a cache
+  directory and reused.
+
+Weights are random but scaled (fan-in normal, unit norms) so activations stay finite.
+Standard library + torch + safetensors only; no ComfyUI import.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE = REPO / ".host" / "cache"          # .host/ is gitignored
+
+log = logging.getLogger(__name__)
+
+VAE_Z_DIM = 16
+VAE_DIM_MULT = (1, 2, 4, 4)
+CLIP_H = {"hidden": 1280, "layers": 32, "mlp": 5120, "patch": 14, "image": 224, "proj": 1024}
+
+
+# ------------------------------------------------------------------------------------------ VAE
+def _res_block(prefix: str, cin: int, cout: int) -> dict[str, tuple[int, ...]]:
+    """Residual block: RMS norm, conv3d, RMS norm, conv3d (+1x1x1 shortcut when widths differ)."""
+    shapes = {
+        f"{prefix}.residual.0.gamma": (cin, 1, 1, 1),
+        f"{prefix}.residual.2.weight": (cout, cin, 3, 3, 3),
+        f"{prefix}.residual.2.bias": (cout,),
+        f"{prefix}.residual.3.gamma": (cout, 1, 1, 1),
+        f"{prefix}.residual.6.weight": (cout, cout, 3, 3, 3),
+        f"{prefix}.residual.6.bias": (cout,),
+    }
+    if cin != cout:
+        shapes[f"{prefix}.shortcut.weight"] = (cout, cin, 1, 1, 1)
+        shapes[f"{prefix}.shortcut.bias"] = (cout,)
+    return shapes
+
+
+def _middle(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
+    """Residual block, single-head spatial attention, residual block."""
+    shapes = _res_block(f"{prefix}.0", c, c)
+    shapes.update({
+        f"{prefix}.1.norm.gamma": (c, 1, 1),
+        f"{prefix}.1.to_qkv.weight": (3 * c, c, 1, 1),
+        f"{prefix}.1.to_qkv.bias": (3 * c,),
+        f"{prefix}.1.proj.weight": (c, c, 1, 1),
+        f"{prefix}.1.proj.bias": (c,),
+    })
+    shapes.update(_res_block(f"{prefix}.2", c, c))
+    return shapes
+
+
+def wan21_vae_shapes(dim: int = 96) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a Wan 2.1 VAE of base width ``dim`` (``dim=96`` is the official file)."""
+    if dim < 1:
+        raise ValueError(f"Wan 2.1 VAE width must be >= 1, got {dim}")
+    z = VAE_Z_DIM
+    top = dim * VAE_DIM_MULT[-1]
+    shapes: dict[str, tuple[int, ...]] = {"encoder.conv1.weight": (dim, 3, 3, 3, 3),
+                                          "encoder.conv1.bias": (dim,)}
+    # Encoder: 4 stages of 2 residual blocks; stages 0-2 end in a downsample (1-2 also in time).
+    widths = [dim * m for m in (1,) + VAE_DIM_MULT]
+    idx = 0
+    for stage in range(4):
+        cin, cout = widths[stage], widths[stage + 1]
+        for _ in range(2):
+            shapes.update(_res_block(f"encoder.downsamples.{idx}", cin, cout))
+            cin, idx = cout, idx + 1
+        if stage < 3:
+            shapes[f"encoder.downsamples.{idx}.resample.1.weight"] = (cout, cout, 3, 3)
+            shapes[f"encoder.downsamples.{idx}.resample.1.bias"] = (cout,)
+            if stage > 0:
+                shapes[f"encoder.downsamples.{idx}.time_conv.weight"] = (cout, cout, 3, 1, 1)
+                shapes[f"encoder.downsamples.{idx}.time_conv.bias"] = (cout,)
+            idx += 1
+    shapes.update(_middle("encoder.middle", top))
+    shapes.update({"encoder.head.0.gamma": (top, 1, 1, 1),
+                   "encoder.head.2.weight": (2 * z, top, 3, 3, 3), "encoder.head.2.bias": (2 * z,),
+                   "conv1.weight": (2 * z, 2 * z, 1, 1, 1), "conv1.bias": (2 * z,),
+                   "conv2.weight": (z, z, 1, 1, 1), "conv2.bias": (z,),
+                   "decoder.conv1.weight": (top, z, 3, 3, 3), "decoder.conv1.bias": (top,)})
+    shapes.update(_middle("decoder.middle", top))
+    # Decoder: 4 stages of 3 residual blocks; stages 0-2 end in an upsample that halves the width
+    # (0-1 also upsample time, through a conv that doubles channels before the shuffle).
+    widths = [dim * m for m in (VAE_DIM_MULT[-1],) + tuple(reversed(VAE_DIM_MULT))]
+    idx = 0
+    for stage in range(4):
+        cin = widths[stage] // 2 if stage > 0 else widths[stage]
+        cout = widths[stage + 1]
+        for _ in range(3):
+            shapes.update(_res_block(f"decoder.upsamples.{idx}", cin, cout))
+            cin, idx = cout, idx + 1
+        if stage < 3:
+            shapes[f"decoder.upsamples.{idx}.resample.1.weight"] = (cout // 2, cout, 3, 3)
+            shapes[f"decoder.upsamples.{idx}.resample.1.bias"] = (cout // 2,)
+            if stage < 2:
+                shapes[f"decoder.upsamples.{idx}.time_conv.weight"] = (2 * cout, cout, 3, 1, 1)
+                shapes[f"decoder.upsamples.{idx}.time_conv.bias"] = (2 * cout,)
+            idx += 1
+    shapes.update({"decoder.head.0.gamma": (dim, 1, 1, 1),
+                   "decoder.head.2.weight": (3, dim, 3, 3, 3), "decoder.head.2.bias": (3,)})
+    return shapes
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Norm scales 1, biases 0, weights normal with std 1/sqrt(fan_in)."""
+    if name.endswith(("gamma", "norm.weight", "layernorm.weight", "layrnorm.weight",
+                      "layer_norm1.weight", "layer_norm2.weight")):
+        return torch.ones(shape, dtype=dtype)
+    if name.endswith("bias"):
+        return torch.zeros(shape, dtype=dtype)
+    fan_in = 1
+    for s in shape[1:]:
+        fan_in *= s
+    std = 1.0 / max(fan_in, 1) ** 0.5 if len(shape) > 1 else 0.02
+    return (torch.randn(shape, generator=gen) * std).to(dtype)
+
+
+def write_tiny_vae(path: str | os.PathLike, dim: int = 1, seed: int = 0,
+                   dtype: torch.dtype = torch.float32) -> Path:
+    """Write a random Wan 2.1 VAE of width ``dim`` (safetensors, or ``.pth`` by weights-only save)."""
+    path = Path(path)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {name: _random_tensor(name, shape, gen, dtype)
+          for name, shape in wan21_vae_shapes(dim).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ CLIP vision
+def clip_vision_h_shapes(hidden: int = CLIP_H["hidden"], layers: int = CLIP_H["layers"],
+                         mlp: int = CLIP_H["mlp"], patch: int = CLIP_H["patch"],
+                         image: int = CLIP_H["image"], proj: int = CLIP_H["proj"],
+                         ) -> dict[str, tuple[int, ...]]:
+    """transformers CLIPVisionModelWithProjection names (the layout of ``clip_vision_h.safetensors``)."""
+    tokens = (image // patch) ** 2 + 1
+    shapes: dict[str, tuple[int, ...]] = {
+        "vision_model.embeddings.class_embedding": (hidden,),
+        "vision_model.embeddings.patch_embedding.weight": (hidden, 3, patch, patch),
+        "vision_model.embeddings.position_embedding.weight": (tokens, hidden),
+        "vision_model.pre_layrnorm.weight": (hidden,),
+        "vision_model.pre_layrnorm.bias": (hidden,),
+    }
+    for i in range(layers):
+        p = f"vision_model.encoder.layers.{i}"
+        for ln in ("layer_norm1", "layer_norm2"):
+            shapes[f"{p}.{ln}.weight"] = (hidden,)
+            shapes[f"{p}.{ln}.bias"] = (hidden,)
+        for lin in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{p}.self_attn.{lin}.weight"] = (hidden, hidden)
+            shapes[f"{p}.self_attn.{lin}.bias"] = (hidden,)
+        shapes[f"{p}.mlp.fc1.weight"] = (mlp, hidden)
+        shapes[f"{p}.mlp.fc1.bias"] = (mlp,)
+        shapes[f"{p}.mlp.fc2.weight"] = (hidden, mlp)
+        shapes[f"{p}.mlp.fc2.bias"] = (hidden,)
+    shapes["vision_model.post_layernorm.weight"] = (hidden,)
+    shapes["vision_model.post_layernorm.bias"] = (hidden,)
+    shapes["visual_projection.weight"] = (proj, hidden)
+    return shapes
+
+
+def write_clip_vision_h(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a random full-size CLIP vision ViT-H (632M parameters, fp16, ~1.2 GiB)."""
+    path = Path(path)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {name: _random_tensor(name, shape, gen, torch.float16)
+          for name, shape in clip_vision_h_shapes().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(sd, str(tmp))
+    os.replace(tmp, path)                  # concurrent writers never see a half-written file
+    return path
+
+
+def clip_vision_h_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cached random CLIP vision ViT-H file, generated on first use (~6-10 s)."""
+    cache = Path(cache_dir or os.environ.get("INFINITETALK_TEST_CACHE", DEFAULT_CACHE))
+    path = cache / "tiny_clip_vision_h_fp16_seed0.safetensors"
+    if not path.exists():
+        log.info("generating a random CLIP vision ViT-H (632M params) at %s", path)
+        write_clip_vision_h(path)
+    return path
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Place ``src`` at ``dst`` by hard link (same filesystem) or symlink; never copies 1.2 GiB."""
+    src, dst = Path(src).resolve(), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        return dst
+    try:
+        os.link(src, dst)
+    except OSError:
+        dst.symlink_to(src)
+    return dst
+
+
+def write_host_models(models_dir: str | os.PathLike, vae_name: str = "wan_2.1_vae.safetensors",
+                      clip_name: str = "clip_vision_h.safetensors", vae_dim: int = 1,
+                      cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Put a tiny VAE in ``models/vae/`` and the cached CLIP-H in ``models/clip_vision/``.
+
+    Returns the file names as the host's loader nodes list them: ``{"vae": ..., "clip_vision": ...}``.
+    """
+    models = Path(models_dir)
+    vae = models / "vae" / vae_name
+    if not vae.exists():
+        write_tiny_vae(vae, dim=vae_dim)
+    link_or_copy(clip_vision_h_path(cache_dir), models / "clip_vision" / clip_name)
+    return {"vae": vae_name, "clip_vision": clip_name}
