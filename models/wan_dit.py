@@ -249,7 +249,8 @@ class WanModel(nn.Module):
         grid = tuple(h.shape[2:])
         h = h.flatten(2).transpose(1, 2)  # [B, L, dim], (t, h, w) row-major
         # 2. Time embedding (kept fp32 for the modulation).
-        e = self.time_embedding(sinusoidal_embedding(t, self.freq_dim).to(dtype)).float()  # [B, dim]
+        sinus = sinusoidal_embedding(t.to(h.device), self.freq_dim)  # [B, freq_dim] fp32
+        e = self.time_embedding(sinus.to(dtype)).float()  # [B, dim]
         e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.dim))  # [B, 6, dim]
         # 3. Text and CLIP context.
         text = self.text_embedding(self._pad_text(context.to(dtype)))  # [B, text_len, dim]

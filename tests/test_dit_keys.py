@@ -81,3 +81,29 @@ def test_config_and_from_config():
         WanModel.from_config({"dimension": 8})
     with pytest.raises(ValueError, match="model_type"):
         WanModel(model_type="t2v", num_layers=0, device="meta")
+
+
+def test_every_layer_comes_from_operations():
+    """Layers arrive through ``operations`` (quant / host casting layers plug in without model edits)."""
+    class Linear(torch.nn.Linear):
+        pass
+
+    class Conv3d(torch.nn.Conv3d):
+        pass
+
+    class LayerNorm(torch.nn.LayerNorm):
+        pass
+
+    class Ops:
+        pass
+
+    Ops.Linear, Ops.Conv3d, Ops.LayerNorm = Linear, Conv3d, LayerNorm
+    with torch.device("meta"):
+        model = WanModel(num_layers=2, operations=Ops)
+    kinds = {torch.nn.Linear: Linear, torch.nn.Conv3d: Conv3d, torch.nn.LayerNorm: LayerNorm}
+    for name, module in model.named_modules():
+        for base, injected in kinds.items():
+            if isinstance(module, base):
+                assert isinstance(module, injected), f"{name} is a plain {base.__name__}, not from operations"
+    assert sum(isinstance(m, Linear) for m in model.modules()) == 2 * 15 + 12
+    assert sum(isinstance(m, LayerNorm) for m in model.modules()) == 2 * 2 + 3
