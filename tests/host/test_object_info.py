@@ -5,7 +5,60 @@ import pytest
 
 pytestmark = pytest.mark.host
 
+EXPECTED = {
+    "InfiniteTalkModelLoader": ({"model", "audio_adapter", "family", "precision", "memory_budget_gb"},
+                                {"lora"}),
+    "InfiniteTalkLoraSelect": ({"lora", "strength"}, {"prev_lora"}),
+    "InfiniteTalkTextEncode": ({"t5_model", "prompt", "negative_prompt"}, set()),
+    "InfiniteTalkAudioEncode": ({"wav2vec_model", "audio_1", "mode", "normalize_loudness"}, {"audio_2"}),
+    "InfiniteTalkSpeakerMask": ({"image", "method", "boxes"}, {"mask_1", "mask_2"}),
+    "InfiniteTalkSampler": ({"model", "text", "audio", "vae", "clip_vision", "mode", "steps",
+                             "text_guidance", "audio_guidance", "shift", "seed", "resolution", "width",
+                             "height", "color_correction", "motion_frames", "apg", "step_cache",
+                             "max_frames", "image_frames_limit"}, {"image", "video", "masks"}),
+    "InfiniteTalkVideoCombine": ({"frame_rate", "quality", "filename_prefix"},
+                                 {"video", "images", "audio"}),
+}
+OUTPUTS = {
+    "InfiniteTalkModelLoader": ["INFINITETALK_MODEL", "STRING"],
+    "InfiniteTalkLoraSelect": ["INFINITETALK_LORA"],
+    "InfiniteTalkTextEncode": ["INFINITETALK_TEXT"],
+    "InfiniteTalkAudioEncode": ["INFINITETALK_AUDIO", "AUDIO", "INT"],
+    "InfiniteTalkSpeakerMask": ["MASK", "IMAGE"],
+    "InfiniteTalkSampler": ["VIDEO", "IMAGE", "INT"],
+    "InfiniteTalkVideoCombine": ["VIDEO", "STRING"],
+}
+
 
 def test_host_starts_without_import_failures(host):
     assert host.import_failures() == []
-    assert host.object_info("LoadAudio")
+
+
+@pytest.fixture(scope="module")
+def info(host):
+    return host.object_info()
+
+
+@pytest.mark.parametrize("node_id", sorted(EXPECTED))
+def test_node_listed_with_inputs_and_tooltips(info, node_id):
+    assert node_id in info, f"{node_id} missing from /object_info"
+    node = info[node_id]
+    assert node["category"] == "InfiniteTalk"
+    assert node["display_name"] and not node["display_name"].startswith("InfiniteTalk" + "Sampler")
+    required, optional = EXPECTED[node_id]
+    assert set(node["input"]["required"]) == required
+    assert set(node["input"].get("optional", {})) == optional
+    for section in ("required", "optional"):
+        for name, spec in node["input"].get(section, {}).items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert node["output"] == OUTPUTS[node_id]
+
+
+def test_only_our_nodes_use_our_prefix(info):
+    ours = {k for k in info if k.startswith("InfiniteTalk")}
+    assert ours == set(EXPECTED)
+
+
+def test_negative_prompt_is_the_official_default(info):
+    neg = info["InfiniteTalkTextEncode"]["input"]["required"]["negative_prompt"][1]["default"]
+    assert neg.startswith("色调艳丽，过曝，静态") and neg.endswith("倒着走")

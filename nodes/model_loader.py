@@ -1,0 +1,83 @@
+"""InfiniteTalk Model Loader: the DiT (+ audio adapter, + LoRAs) as a host-memory-managed model."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..loaders import host
+from ..loaders.files import LoaderError
+from .types import CATEGORY, Lora, Model, adv, input_error
+
+NODE = "InfiniteTalk Model Loader"
+FAMILIES = ["InfiniteTalk", "MultiTalk"]
+
+
+def _model_choice(kind: str, name: str, input_name: str, optional: bool = False) -> str | None:
+    if optional and name in ("none", "", None):
+        return None
+    path = host.resolve_model(kind, name)
+    if path is None:
+        raise input_error(NODE, input_name, f"file '{name}' was not found",
+                          f"Put it in {host.folder_hint(kind)} and refresh the page (R)")
+    return path
+
+
+class InfiniteTalkModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InfiniteTalkModelLoader",
+            display_name=NODE,
+            category=CATEGORY,
+            description="Loads the Wan2.1-I2V-14B video model with the InfiniteTalk or MultiTalk audio "
+                        "adapter. The host moves it in and out of GPU memory like any other model.",
+            inputs=[
+                io.Combo.Input("model", options=host.list_models("diffusion_models"),
+                               tooltip="Wan2.1-I2V-14B from models/diffusion_models: the official 7-shard "
+                                       "base (pick its .safetensors.index.json), a single-file base, or a "
+                                       "full InfiniteTalk/MultiTalk model (incl. MeiGen quanto int8/fp8)."),
+                io.Combo.Input("audio_adapter", options=["none"] + host.list_models("audio_adapter"),
+                               default="none",
+                               tooltip="Audio adapter from models/infinitetalk (or models/model_patches): "
+                                       "infinitetalk single/multi or multitalk .safetensors. 'none' when "
+                                       "'model' already contains the audio layers."),
+                io.Combo.Input("family", options=FAMILIES, default="InfiniteTalk",
+                               tooltip="Which model the adapter is. InfiniteTalk and MultiTalk adapter "
+                                       "files have identical keys, so the pack cannot tell them apart: "
+                                       "your choice decides the long-video rule (InfiniteTalk: 9 motion "
+                                       "frames, clean context; MultiTalk: 25, re-noised)."),
+                io.Combo.Input("precision", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                               tooltip="Compute dtype of the DiT. auto: bf16 where the GPU supports it, "
+                                       "else fp16, else fp32. Quantized files keep their int8/fp8 weights."),
+                Lora.Input("lora", optional=True,
+                           tooltip="LoRAs from InfiniteTalk LoRA nodes (e.g. FusionX / lightx2v for the "
+                                   "fast mode), merged into the weights at load time."),
+                io.Float.Input("memory_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5,
+                               tooltip="GPU memory the DiT weights may use, in GiB. 0 = let ComfyUI "
+                                       "decide (it offloads what does not fit).", **adv()),
+            ],
+            outputs=[Model.Output(display_name="model"), io.String.Output(display_name="info")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model, audio_adapter="none"):
+        if host.resolve_model("diffusion_models", model) is None:
+            return f"{NODE}: model file '{model}' not found in {host.folder_hint('diffusion_models')}"
+        if audio_adapter != "none" and host.resolve_model("audio_adapter", audio_adapter) is None:
+            return (f"{NODE}: audio_adapter file '{audio_adapter}' not found in "
+                    f"{host.folder_hint('audio_adapter')}")
+        return True
+
+    @classmethod
+    def execute(cls, model, audio_adapter, family, precision, lora=None,
+                memory_budget_gb=0.0) -> io.NodeOutput:
+        model_path = _model_choice("diffusion_models", model, "model")
+        adapter_path = _model_choice("audio_adapter", audio_adapter, "audio_adapter", optional=True)
+        try:
+            loaded = host.load_model(model_path, adapter_path, family, precision, lora or (),
+                                     memory_budget_gb)
+        except LoaderError as err:
+            raise input_error(NODE, "audio_adapter" if adapter_path and "adapter" in str(err).lower()
+                              else "model", str(err)) from None
+        info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")
+                + f" | {loaded.dtype} | loras: {len(lora or ())}")
+        return io.NodeOutput(loaded, info)

@@ -1,0 +1,216 @@
+"""InfiniteTalk Sampler: the whole talking video, window by window, streamed into an mp4."""
+from __future__ import annotations
+
+import logging
+import os
+
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+from comfy_api.latest import InputImpl
+
+from ..loaders import host
+from ..samplers import conditioning as C
+from ..samplers.loop import Settings, generate
+from ..samplers.presets import get_preset
+from ..samplers.video_file import FrameReader, Mp4Writer, reserve_output_path
+from .types import CATEGORY, Audio, Model, Text, adv, input_error
+
+NODE = "InfiniteTalk Sampler"
+log = logging.getLogger(__name__)
+
+
+def _host_vae(vae):
+    def encode(frames):                     # [n, H, W, 3] 0..1 -> normalised [16, T, h, w]
+        return C.normalize_latent(vae.encode(frames[..., :3].float())[0].float())
+
+    def decode(latent):                     # [16, T, h, w] -> [F, H, W, 3]
+        out = vae.decode(C.denormalize_latent(latent.float())[None])
+        return out.reshape(-1, *out.shape[-3:]).float()
+    return encode, decode
+
+
+def _host_clip(clip_vision):
+    def encode(frame):                      # [H, W, 3] -> [1, 257, 1280]
+        out = clip_vision.encode_image(frame[None, ..., :3].float(), crop=False)
+        return out["penultimate_hidden_states"].float()
+    return encode
+
+
+def _reference(image, video):
+    if video is not None:
+        src = video.get_stream_source()
+        return FrameReader(src, video.get_frame_count())
+    if image is None:
+        raise input_error(NODE, "image", "connect a reference image (or a video to dub)")
+    if image.shape[0] > 1:
+        log.info("%s: %d images given; the first one is the reference", NODE, image.shape[0])
+    return image[0]
+
+
+def _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution, width,
+              height, color_correction, motion_frames, apg, step_cache, max_frames) -> Settings:
+    preset = get_preset(mode)
+    bucket = resolution if resolution in ("480p", "720p") else "480p"
+    over = {"seed": int(seed), "family": model.family.lower(), "color_strength": color_correction,
+            "apg": bool(apg), "cache_threshold": float(step_cache),
+            "device": model.patcher.load_device, "dit_dtype": model.dtype}
+    if steps > 0:
+        over["steps"] = steps
+    if text_guidance >= 0:
+        over["text_scale"] = text_guidance
+    if audio_guidance >= 0:
+        over["audio_scale"] = audio_guidance
+    if shift > 0:
+        over["shift"] = shift
+    if motion_frames > 0:
+        over["motion_frames"] = motion_frames
+    if max_frames > 0:
+        over["max_frames"] = max_frames
+    if resolution == "custom":
+        if width % 16 or height % 16:
+            raise input_error(NODE, "width", f"custom size {width}x{height} must be multiples of 16")
+        over["size"] = (height, width)
+    try:
+        return Settings.from_preset(preset.name, bucket, **over)
+    except ValueError as err:
+        raise input_error(NODE, "steps", str(err)) from None
+
+
+def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Settings,
+        image_frames_limit: int):
+    """Sample into a temp mp4 (with the soundtrack); returns (path, preview frames, frame count)."""
+    folder = os.path.join(folder_paths.get_temp_directory(), "infinitetalk")
+    target = reserve_output_path(folder, "sampler")
+    keep, first, bar = [], [], None
+    dit = host.load_for_sampling(model)
+
+    def sink(frames):
+        if not first:
+            first.append(frames[:1].clone())
+        if image_frames_limit > 0 and sum(len(k) for k in keep) + len(frames) <= image_frames_limit:
+            keep.append(frames.clone())
+        else:
+            keep.clear()
+            keep.append(None)               # marks "too many": only the first frame comes out
+        writer.write(frames)
+
+    def on_step(done, total):
+        nonlocal bar
+        bar = bar or comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    def should_stop():
+        host.throw_if_interrupted()
+        return False
+
+    interrupted = False
+    try:
+        with Mp4Writer(target, 25, audio=audio["soundtrack"], sample_rate=audio["sample_rate"]) as writer:
+            result = generate(dit, *_host_vae(vae), _host_clip(clip_vision), _reference(image, video),
+                              audio["embeddings"], text, settings, masks=masks, sink=sink,
+                              on_step=on_step, should_stop=should_stop)
+    except BaseException as err:
+        interrupted = host.is_interrupt(err)
+        raise
+    finally:
+        host.release_after_sampling(model, interrupted=interrupted)
+    if keep and keep[0] is None:
+        log.warning("%s: %d frames is more than image_frames_limit (%d); the IMAGE output holds only "
+                    "the first frame (the VIDEO output has them all)", NODE, result.frames,
+                    image_frames_limit)
+        images = first[0]
+    else:
+        images = torch.cat(keep) if keep else first[0]
+    return str(target), images, result.frames
+
+
+class InfiniteTalkSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InfiniteTalkSampler",
+            display_name=NODE,
+            category=CATEGORY,
+            description="Generates the whole lip-synced video for the full audio, window by window "
+                        "(progress covers every step of every window; Cancel stops between steps).",
+            inputs=[
+                Model.Input("model", tooltip="From InfiniteTalk Model Loader."),
+                Text.Input("text", tooltip="From InfiniteTalk T5 Text Encode."),
+                Audio.Input("audio", tooltip="audio_embeds from InfiniteTalk Audio Encode."),
+                io.Vae.Input("vae", tooltip="The Wan 2.1 VAE (Load VAE: Wan2.1_VAE.pth or "
+                                            "wan_2.1_vae.safetensors)."),
+                io.ClipVision.Input("clip_vision", tooltip="CLIP vision ViT-H (Load CLIP Vision: "
+                                                           "clip_vision_h.safetensors)."),
+                io.Image.Input("image", optional=True,
+                               tooltip="Reference picture of the person(s): image-to-video. The first "
+                                       "image is used."),
+                io.Video.Input("video", optional=True,
+                               tooltip="A video to dub (video-to-video): its frames are the per-window "
+                                       "references. Used instead of 'image' when connected."),
+                io.Mask.Input("masks", optional=True,
+                              tooltip="Two speakers: [3, H, W] from InfiniteTalk Speaker Masks. Not "
+                                      "connected: left half = speaker 1, right half = speaker 2."),
+                io.Combo.Input("mode", options=["standard", "fast"], default="standard",
+                               tooltip="standard: official 40 steps, text + audio guidance. fast: 4-8 "
+                                       "steps for FusionX / lightx2v distilled weights or LoRAs."),
+                io.Int.Input("steps", default=0, min=0, max=200,
+                             tooltip="Sampling steps per window. 0 = the mode's preset (40 / 8)."),
+                io.Float.Input("text_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
+                               tooltip="Text guidance scale. -1 = preset (5 standard, 1 fast)."),
+                io.Float.Input("audio_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
+                               tooltip="Audio guidance scale (lip-sync strength). -1 = preset (4 "
+                                       "standard, 2 fast)."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=50.0, step=0.1,
+                               tooltip="Noise schedule shift. 0 = auto (7 at 480p, 11 at 720p, 2 fast)."),
+                io.Int.Input("seed", default=42, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Random seed; the same seed gives the same video."),
+                io.Combo.Input("resolution", options=["480p", "720p", "custom"], default="480p",
+                               tooltip="Output size: the official size bucket nearest to the image's "
+                                       "aspect ratio, or custom width/height."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                             tooltip="Custom width (resolution = custom), a multiple of 16.", **adv()),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                             tooltip="Custom height (resolution = custom), a multiple of 16.", **adv()),
+                io.Float.Input("color_correction", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Keeps colours matched to the reference over long videos "
+                                       "(1 = official strength, 0 = off)."),
+                io.Int.Input("motion_frames", default=0, min=0, max=65,
+                             tooltip="Frames carried from one window to the next. 0 = the family's "
+                                     "default (9 InfiniteTalk, 25 MultiTalk).", **adv()),
+                io.Boolean.Input("apg", default=False,
+                                 tooltip="Adaptive projected guidance (reduces over-saturation at high "
+                                         "guidance).", **adv()),
+                io.Float.Input("step_cache", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Skip DiT passes whose input barely changed (TeaCache-style "
+                                       "threshold; 0 = off, ~0.2 = faster, slightly softer).", **adv()),
+                io.Int.Input("max_frames", default=0, min=0, max=1_000_000,
+                             tooltip="Stop after this many frames (25 per second). 0 = the whole audio."),
+                io.Int.Input("image_frames_limit", default=250, min=0, max=100_000,
+                             tooltip="The IMAGE output holds all frames only up to this count (memory); "
+                                     "longer videos give just the first frame there (with a warning) - "
+                                     "the VIDEO output always has every frame.", **adv()),
+            ],
+            outputs=[io.Video.Output(display_name="video"), io.Image.Output(display_name="images"),
+                     io.Int.Output(display_name="frames")],
+        )
+
+    @classmethod
+    def execute(cls, model, text, audio, vae, clip_vision, mode, steps, text_guidance,
+                audio_guidance, shift, seed, resolution, width, height, color_correction,
+                motion_frames, apg, step_cache, max_frames, image_frames_limit, image=None,
+                video=None, masks=None) -> io.NodeOutput:
+        if masks is not None and (masks.dim() != 3 or masks.shape[0] != 3):
+            raise input_error(NODE, "masks", f"expected [3, H, W] speaker masks, got "
+                              f"{list(masks.shape)}", "Use the InfiniteTalk Speaker Masks node")
+        ref_hw = (image.shape[1:3] if image is not None else None)
+        if masks is not None and ref_hw is not None and tuple(masks.shape[1:]) != tuple(ref_hw):
+            raise input_error(NODE, "masks", f"masks are {masks.shape[2]}x{masks.shape[1]} but the image "
+                              f"is {ref_hw[1]}x{ref_hw[0]}", "Make the masks from this image")
+        settings = _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution,
+                             width, height, color_correction, motion_frames, apg, step_cache,
+                             max_frames)
+        path, images, frames = run(model, text, audio, vae, clip_vision, image, video, masks,
+                                   settings, image_frames_limit)
+        return io.NodeOutput(InputImpl.VideoFromFile(path), images, frames)

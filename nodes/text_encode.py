@@ -1,0 +1,56 @@
+"""InfiniteTalk T5 Text Encode: prompt and negative prompt -> umT5 states for the sampler."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..loaders import host
+from ..loaders.files import LoaderError
+from .types import CATEGORY, Text, input_error
+
+NODE = "InfiniteTalk T5 Text Encode"
+# The official Wan 2.1 / InfiniteTalk default negative prompt (wan/configs/shared_config.py).
+DEFAULT_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，"
+                    "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
+                    "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
+
+class InfiniteTalkTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InfiniteTalkTextEncode",
+            display_name=NODE,
+            category=CATEGORY,
+            description="Encodes the prompt and the negative prompt with umT5-XXL. The encoder stays "
+                        "cached between runs and runs on the CPU when the GPU has no room for it.",
+            inputs=[
+                io.Combo.Input("t5_model", options=host.list_models("text_encoders"),
+                               tooltip="umT5-XXL encoder from models/text_encoders: the official "
+                                       "models_t5_umt5-xxl-enc-bf16.pth, a .safetensors repack, or a "
+                                       "quanto int8/fp8 file. Its tokenizer files must lie beside it."),
+                io.String.Input("prompt", multiline=True, default="A person is talking.",
+                                tooltip="What the video shows: the person, the scene, the camera."),
+                io.String.Input("negative_prompt", multiline=True, default=DEFAULT_NEGATIVE,
+                                tooltip="What to avoid. Prefilled with the official default negative "
+                                        "prompt (Chinese, as the model was trained)."),
+            ],
+            outputs=[Text.Output(display_name="text")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, t5_model):
+        if host.resolve_model("text_encoders", t5_model) is None:
+            return f"{NODE}: t5_model file '{t5_model}' not found in {host.folder_hint('text_encoders')}"
+        return True
+
+    @classmethod
+    def execute(cls, t5_model, prompt, negative_prompt) -> io.NodeOutput:
+        path = host.resolve_model("text_encoders", t5_model)
+        if path is None:
+            raise input_error(NODE, "t5_model", f"file '{t5_model}' was not found",
+                              f"Put it in {host.folder_hint('text_encoders')} and refresh the page (R)")
+        try:
+            context, context_null = host.encode_texts(path, [prompt, negative_prompt])
+        except LoaderError as err:
+            raise input_error(NODE, "t5_model", str(err)) from None
+        return io.NodeOutput({"context": context, "context_null": context_null})

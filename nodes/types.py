@@ -1,0 +1,27 @@
+"""Shared declarations for the pack's nodes: custom types, the category, small schema helpers."""
+from __future__ import annotations
+
+import inspect
+
+from comfy_api.latest import io
+
+CATEGORY = "InfiniteTalk"
+
+Model = io.Custom("INFINITETALK_MODEL")   # loaders.host.HostModel
+Lora = io.Custom("INFINITETALK_LORA")     # tuple of (path, strength)
+Text = io.Custom("INFINITETALK_TEXT")     # {"context": [1, L, 4096], "context_null": [1, L', 4096]}
+Audio = io.Custom("INFINITETALK_AUDIO")   # samplers' speech embeddings + soundtrack + frames
+
+# ComfyUI 0.3.75's inputs have no ``advanced`` flag (newer hosts do): pass it only where accepted.
+_ADVANCED_OK = "advanced" in inspect.signature(io.Int.Input.__init__).parameters
+
+
+def adv() -> dict:
+    """``**adv()`` marks an expert knob on hosts that support it."""
+    return {"advanced": True} if _ADVANCED_OK else {}
+
+
+def input_error(node: str, name: str, problem: str, fix: str = "") -> ValueError:
+    """One clear message: which node, which input, what is wrong, how to fix it."""
+    msg = f"{node}: input '{name}': {problem}"
+    return ValueError(f"{msg}. {fix}" if fix else msg)
