@@ -39,7 +39,19 @@ def rope_table_3d(grid: tuple[int, int, int], head_dim: int,
     if key in _tables:
         _tables.move_to_end(key)
         return _tables[key]
-    t, h, w = key[0]
+    # Built as a normal tensor (not an inference tensor) so a table cached under inference_mode is
+    # also usable by later grad-enabled calls.
+    with torch.inference_mode(False), torch.no_grad():
+        table = _build_table_3d(key[0], head_dim, device)
+    _tables[key] = table
+    while len(_tables) > _CACHE_SIZE:
+        _tables.popitem(last=False)
+    return table
+
+
+def _build_table_3d(grid: tuple[int, int, int], head_dim: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    t, h, w = grid
     c, d = head_dim // 2, head_dim
     slots = (c - 2 * (c // 3), c // 3, c // 3)
     group_dims = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
@@ -51,11 +63,7 @@ def rope_table_3d(grid: tuple[int, int, int], head_dim: int,
                       angles[1].view(1, h, 1, -1).expand(t, h, w, -1),
                       angles[2].view(1, 1, w, -1).expand(t, h, w, -1)], dim=-1)
     full = full.reshape(t * h * w, 1, c)  # [L, 1, c]: broadcast over heads
-    table = (full.cos(), full.sin())
-    _tables[key] = table
-    while len(_tables) > _CACHE_SIZE:
-        _tables.popitem(last=False)
-    return table
+    return full.cos(), full.sin()
 
 
 def apply_rope_3d(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -178,3 +178,15 @@ def test_meta_build_then_assign_matches():
     assert not any(p.is_meta for p in model.parameters())
     call = case.case["calls"][0]
     assert_close(_call(model.eval(), _inputs(case), call), case.outputs()[call["output"]], ATOL, "meta+assign")
+
+
+@pytest.mark.no_inference_mode
+def test_rope_table_cached_in_inference_mode_works_with_grad():
+    """A table first built under inference_mode must not break a later grad-enabled forward."""
+    from infinitetalk.models.rope import apply_rope_3d, rope_table_3d
+
+    with torch.inference_mode():
+        table = rope_table_3d((1, 2, 3), 32, "cpu")
+    x = torch.randn(1, 6, 2, 32, requires_grad=True)
+    apply_rope_3d(x, table).sum().backward()
+    assert x.grad is not None
