@@ -69,11 +69,12 @@ def _scan(base: str) -> list[str]:
     for root, dirs, files in os.walk(base, followlinks=True):
         rel_root = os.path.relpath(root, base)
         rel = (lambda f: f if rel_root == "." else f"{rel_root}/{f}".replace(os.sep, "/"))
-        if "config.json" in files and rel_root != "." and any(f.endswith(WEIGHT_EXTS) for f in files):
+        indexed = any(f.endswith(INDEX_SUFFIX) for f in files)
+        if (not indexed and "config.json" in files and rel_root != "."
+                and any(f.endswith(WEIGHT_EXTS) for f in files)):
             out.append(rel_root.replace(os.sep, "/"))   # a Hugging Face model folder: one entry
             dirs[:] = []
             continue
-        indexed = any(f.endswith(INDEX_SUFFIX) for f in files)
         for f in sorted(files):
             if f.endswith(INDEX_SUFFIX):
                 out.append(rel(f))
@@ -302,11 +303,8 @@ def encode_texts(path: str, texts: list[str]) -> list:
     device = next(model.parameters()).device
     out = []
     for text in texts:
-        ids, mask = tokenizer(text) if callable(tokenizer) and not hasattr(tokenizer, "encode") \
-            else tokenizer.encode(text)
+        ids, mask = tokenizer(text)                     # [1, 512] each, padded
         ids, mask = ids.to(device), mask.to(device)
-        if ids.dim() == 1:
-            ids, mask = ids[None], mask[None]
         out.append(model.encode_trimmed(ids, mask)[0][None].float().cpu())
     model.to(offload_device() if not mm.is_device_cpu(device) else device)
     soft_empty_cache()

@@ -6,7 +6,6 @@ import torch
 from comfy_api.latest import io
 
 from ..loaders import host
-from ..loaders.files import LoaderError
 from ..samplers import speech
 from .types import CATEGORY, Audio, input_error
 
@@ -78,7 +77,7 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
                                                                        normalize_loudness), mode))
         try:
             model = host.load_speech_model(path)
-        except LoaderError as err:
+        except ValueError as err:   # LoaderError and the loaders' own errors
             raise input_error(NODE, "wav2vec_model", str(err)) from None
         feats = [speech.embed_waveform(model, t).cpu() for t in tracks]
         frames = min(f.shape[0] for f in feats)

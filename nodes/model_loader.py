@@ -4,7 +4,6 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..loaders import host
-from ..loaders.files import LoaderError
 from .types import CATEGORY, Lora, Model, adv, input_error
 
 NODE = "InfiniteTalk Model Loader"
@@ -75,7 +74,7 @@ class InfiniteTalkModelLoader(io.ComfyNode):
         try:
             loaded = host.load_model(model_path, adapter_path, family, precision, lora or (),
                                      memory_budget_gb)
-        except LoaderError as err:
+        except ValueError as err:   # LoaderError and the loaders' own errors
             raise input_error(NODE, "audio_adapter" if adapter_path and "adapter" in str(err).lower()
                               else "model", str(err)) from None
         info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")

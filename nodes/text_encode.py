@@ -4,7 +4,6 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..loaders import host
-from ..loaders.files import LoaderError
 from .types import CATEGORY, Text, input_error
 
 NODE = "InfiniteTalk T5 Text Encode"
@@ -51,6 +50,6 @@ class InfiniteTalkTextEncode(io.ComfyNode):
                               f"Put it in {host.folder_hint('text_encoders')} and refresh the page (R)")
         try:
             context, context_null = host.encode_texts(path, [prompt, negative_prompt])
-        except LoaderError as err:
+        except ValueError as err:   # LoaderError and the loaders' own errors
             raise input_error(NODE, "t5_model", str(err)) from None
         return io.NodeOutput({"context": context, "context_null": context_null})
