@@ -28,7 +28,7 @@ FOLDER_NAMES = ("google/umt5-xxl", "umt5-xxl", "umt5_xxl", "tokenizer", "t5_toke
 FILE_NAMES = ("tokenizer.json", "spiece.model")
 
 
-class TokenizerNotFoundError(FileNotFoundError):
+class TokenizerNotFoundError(ValueError):
     """No umT5 tokenizer file near the weights; the message lists every place searched."""
 
 
