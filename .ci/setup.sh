@@ -38,8 +38,9 @@ PY
   rm -rf "$tmp"
 fi
 
-# Python packages: pinned in .ci/requirements-lock.txt; reinstalled only when that file changes.
-stamp="$VENV/.installed-$(sha1sum "$ROOT/.ci/requirements-lock.txt" | cut -c1-12)"
+# Python packages: .ci/requirements-lock.txt (+ the files it includes); reinstalled when any of them changes.
+stamp="$VENV/.installed-$(cat "$ROOT/.ci/requirements-lock.txt" "$ROOT/.ci/host-requirements.txt" \
+  "$ROOT/requirements.txt" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   log "installing Python packages (first run: a few minutes)"
   "$PY" -m pip install -q --upgrade pip
