@@ -60,6 +60,15 @@ class Settings:
     device: str | torch.device = "cpu"
     dit_dtype: torch.dtype | None = None  # None: the DiT module's parameter dtype (fp32 for plain callables)
 
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"sampler settings: steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.color_strength <= 1.0:
+            raise ValueError(f"sampler settings: colour correction strength must be in 0..1, got "
+                             f"{self.color_strength}")
+        if self.cache_threshold < 0:
+            raise ValueError(f"sampler settings: step cache threshold must be >= 0, got {self.cache_threshold}")
+
     @classmethod
     def from_preset(cls, mode: str, resolution: str = "480p", **overrides) -> "Settings":
         """"standard" or "fast" defaults; ``overrides`` replace any field (steps are checked against the mode)."""

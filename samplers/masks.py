@@ -48,14 +48,14 @@ def box_masks(height: int, width: int, boxes: Sequence[Sequence[float]], layout:
     """
     if len(boxes) != 2:
         raise MaskError(f"box_masks: need one box per speaker (2), got {len(boxes)}")
+    if layout not in ("official", "xyxy"):
+        raise MaskError(f"box_masks: layout must be 'official' or 'xyxy', got {layout!r}")
     out = []
     for i, box in enumerate(boxes):
         if len(box) != 4:
             raise MaskError(f"box_masks: box {i + 1} must have 4 numbers, got {list(box)}")
         a, b, c, d = (int(v) for v in box)
         top, left, bottom, right = (a, b, c, d) if layout == "official" else (b, a, d, c)
-        if layout not in ("official", "xyxy"):
-            raise MaskError(f"box_masks: layout must be 'official' or 'xyxy', got {layout!r}")
         m = torch.zeros(height, width)
         m[top:bottom, left:right] = 1
         out.append(m)
