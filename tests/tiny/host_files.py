@@ -228,3 +228,79 @@ def write_host_models(models_dir: str | os.PathLike, vae_name: str = "wan_2.1_va
         write_tiny_vae(vae, dim=vae_dim)
     link_or_copy(clip_vision_h_path(cache_dir), models / "clip_vision" / clip_name)
     return {"vae": vae_name, "clip_vision": clip_name}
+
+
+# ------------------------------------------------------------------ a whole user model folder
+# The file names users have after following the official download instructions, placed in the
+# ComfyUI folders the pack reads (see loaders/host.py KINDS). Keys: the roles the workflows use.
+USER_FILES = {
+    "base": "Wan2.1-I2V-14B-480P/diffusion_pytorch_model.safetensors.index.json",
+    "adapter_single": "single/infinitetalk.safetensors",
+    "adapter_multi": "multi/infinitetalk.safetensors",
+    "int8": "quant_models/infinitetalk_single_int8.safetensors",
+    "fp8": "quant_models/infinitetalk_single_fp8.safetensors",
+    "fusionx": "quant_models/quant_model_int8_FusionX.safetensors",
+    "fusionx_lora": "Wan2.1_I2V_14B_FusionX_LoRA.safetensors",
+    "t5": "models_t5_umt5-xxl-enc-bf16.pth",
+    "wav2vec": "chinese-wav2vec2-base",
+    "vae": "Wan2.1_VAE.pth",
+    "clip_vision": "clip_vision_h.safetensors",
+}
+
+
+def write_user_models(models_dir: str | os.PathLike, vae_dim: int = 1,
+                      cache_dir: str | os.PathLike | None = None, seed: int = 0) -> dict[str, str]:
+    """Every model the bundled workflows name, tiny and random, under the official file names.
+
+    DiT/adapters/LoRA come from ``tiny/dit_files.py`` (its TINY config), umT5 and wav2vec2 from
+    ``tiny/text_audio_files.py`` widened to what that DiT expects (text_dim, 768-wide speech
+    features), the VAE and CLIP vision from this module. Returns ``USER_FILES``.
+    """
+    import shutil
+
+    from tiny import dit_files as D
+    from tiny import text_audio_files as TA
+
+    models = Path(models_dir)
+    written = D.write_demo_models(models, D.TINY, seed)
+    if written["model"] != f"diffusion_models/{USER_FILES['base']}":
+        raise RuntimeError(f"tiny/dit_files.py wrote the base model at {written['model']}; "
+                           f"expected diffusion_models/{USER_FILES['base']}")
+    shutil.copyfile(models / written["lora"], models / "loras" / USER_FILES["fusionx_lora"])
+    # Full models (base + adapter in one file), quantized the optimum-quanto way, with their maps.
+    base_w = D.random_weights(D.base_shapes(D.TINY), seed)
+    for role, adapter_seed, qtype, map_name in (
+            ("int8", seed + 1, "qint8", "infinitetalk_single_int8.json"),
+            ("fp8", seed + 1, "qfloat8_e4m3fn", "infinitetalk_single_fp8.json"),
+            ("fusionx", seed + 2, "qint8", "quantization_map_int8_FusionX.json")):
+        full = {**base_w, **D.random_weights(D.audio_shapes(D.TINY), adapter_seed)}
+        modules = [m for m in D.linear_modules(full) if m.startswith("blocks.")]
+        D.write_quanto(models / "diffusion_models" / USER_FILES[role], full, qtype, modules, map_name, D.TINY)
+    # umT5 (official .pth + the google/umt5-xxl tokenizer folder beside it) at the DiT's text width.
+    t5_cfg = {**TA.TINY_T5, "dim": D.TINY["text_dim"]}
+    (models / "text_encoders").mkdir(parents=True, exist_ok=True)
+    TA.write_umt5_pth(models / "text_encoders" / USER_FILES["t5"], t5_cfg, seed)
+    TA.write_tokenizer_folder(models / "text_encoders" / "google" / "umt5-xxl")
+    # wav2vec2: 12 layers x 768 features per frame, as the audio adapter expects.
+    w2v_cfg = {**TA.TINY_WAV2VEC, "hidden_size": D.WAV_DIM, "num_attention_heads": 12}
+    TA.write_wav2vec_folder(models / "wav2vec2" / USER_FILES["wav2vec"], w2v_cfg, seed)
+    write_host_models(models, vae_name=USER_FILES["vae"], clip_name=USER_FILES["clip_vision"],
+                      vae_dim=vae_dim, cache_dir=cache_dir)
+    return dict(USER_FILES)
+
+
+DEMO_DIR = REPO / "demo"
+
+
+def copy_demo_inputs(input_dir: str | os.PathLike) -> list[str]:
+    """Copy the bundled demo images/audio/video (demo/) into a host's input/ folder."""
+    import shutil
+
+    input_dir = Path(input_dir)
+    input_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for src in sorted(DEMO_DIR.iterdir()):
+        if src.suffix.lower() in (".png", ".wav", ".flac", ".mp4"):
+            shutil.copyfile(src, input_dir / src.name)
+            names.append(src.name)
+    return names
