@@ -17,6 +17,7 @@ Standard library + torch + safetensors only; no ComfyUI import.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -304,3 +305,42 @@ def copy_demo_inputs(input_dir: str | os.PathLike) -> list[str]:
             shutil.copyfile(src, input_dir / src.name)
             names.append(src.name)
     return names
+
+
+# ---------------------------------------------------------------- bundled workflows on tiny models
+WORKFLOWS_API = REPO / "workflows_api"
+# Sampler settings that make a tiny run cheap on 2 CPU cores (one 81-frame window ~20 s at 32x32).
+TINY_SAMPLER = {"steps": 2, "resolution": "custom", "width": 32, "height": 32, "max_frames": 81}
+
+
+def load_api_workflow(name: str) -> dict:
+    """A bundled API-format graph (``workflows_api/<name>.json``)."""
+    path = WORKFLOWS_API / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundled workflow {path}; have: "
+                                f"{sorted(p.stem for p in WORKFLOWS_API.glob('*.json'))}")
+    return json.loads(path.read_text())
+
+
+def tiny_graph(graph: dict, sampler: dict | None = None, inputs: dict | None = None,
+               models: dict | None = None) -> dict:
+    """A copy of ``graph`` for tiny models: sampler settings, input files and model names replaced.
+
+    ``sampler`` updates every InfiniteTalkSampler (default ``TINY_SAMPLER``); ``inputs`` maps file
+    names of LoadImage/LoadAudio/LoadVideo to others; ``models`` maps model file names to others
+    (identity for ``write_user_models``, which writes the official names).
+    """
+    graph = json.loads(json.dumps(graph))
+    sampler = TINY_SAMPLER if sampler is None else sampler
+    inputs, models = inputs or {}, models or {}
+    for node in graph.values():
+        values = node["inputs"]
+        if node["class_type"] == "InfiniteTalkSampler":
+            values.update(sampler)
+        for key, value in list(values.items()):
+            if isinstance(value, str):
+                if key in ("image", "audio", "file") and value in inputs:
+                    values[key] = inputs[value]
+                elif value in models:
+                    values[key] = models[value]
+    return graph
