@@ -40,11 +40,12 @@ fi
 
 # Python packages: .ci/requirements-lock.txt (+ the files it includes); reinstalled when any of them changes.
 stamp="$VENV/.installed-$(cat "$ROOT/.ci/requirements-lock.txt" "$ROOT/.ci/host-requirements.txt" \
-  "$ROOT/requirements.txt" | sha1sum | cut -c1-12)"
+  "$ROOT/requirements.txt" "$ROOT/.ci/requirements-nodeps.txt" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   log "installing Python packages (first run: a few minutes)"
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q -r "$ROOT/.ci/requirements-lock.txt"
+  "$PY" -m pip install -q --no-deps -r "$ROOT/.ci/requirements-nodeps.txt"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
