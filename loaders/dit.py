@@ -21,6 +21,7 @@ from ..models.wan_dit import WanModel
 from . import keymaps as km
 from .detect import FileInfo, describe, detect
 from .files import LoaderError, WeightFile, open_weights, read_json
+from .fp8 import Fp8AsQuanto, fp8_linear_modules, fp8_quant_map
 from .lora import LoraReport, apply_loras
 from .quanto import QuantoLinear, QuantoOps, find_quant_map, prepare_quantized
 
@@ -56,13 +57,16 @@ class DitLoadReport:
     dtype: torch.dtype
     config: dict
     loras: list[LoraReport] = field(default_factory=list)
+    quantized_layers: int = 0          # Linear layers held as int8 / fp8 (quanto slots) in memory
 
     def summary(self) -> str:
         parts = [f"{Path(self.model_file).name}: {self.model_kind}"]
         if self.adapter_file:
             parts.append(f"audio adapter {Path(self.adapter_file).parent.name}/{Path(self.adapter_file).name}")
         if self.quant:
-            parts.append(f"quant {self.quant}" + (f" (map {Path(self.quant_map).name})" if self.quant_map else ""))
+            parts.append(f"quant {self.quant}" + (f" (map {Path(self.quant_map).name})" if self.quant_map else "")
+                         + (f", {self.quantized_layers} layers kept quantized" if self.quantized_layers
+                            else f", upcast to {str(self.dtype).replace('torch.', '')}"))
         parts += [f"LoRA {r.source} x{r.strength:g}" for r in self.loras]
         return "; ".join(parts)
 
@@ -170,7 +174,7 @@ def _key_error(missing: set, unexpected: set, sources: list[WeightFile]) -> Load
                        f"(e.g. {sorted(unexpected)[:6]}).{hint}")
 
 
-def plan_keys(model: nn.Module, sources: list[WeightFile]) -> dict[str, WeightFile]:
+def plan_keys(model: nn.Module, sources: list) -> dict[str, WeightFile]:
     """key -> the file it comes from; the union must be exactly the model's key set."""
     expected = set(model.state_dict(keep_vars=True))
     plan: dict[str, WeightFile] = {}
@@ -236,8 +240,26 @@ def stream_into(model: nn.Module, plan: dict[str, WeightFile], dtype: torch.dtyp
 
 
 # -- the entry point -------------------------------------------------------------------------------
+def _build(cfg: dict, sources: list[WeightFile], qmap: dict | None, keep_quantized: bool, operations):
+    """WanModel on ``meta`` with quanto slots for the quanto map and (``keep_quantized``) for every fp8
+    Linear weight; fp8 sources are wrapped so their weights appear under the quanto names."""
+    with torch.device("meta"):
+        model = WanModel(**cfg, operations=operations or (QuantoOps if qmap else TorchOps))
+    full_map = dict(qmap or {})
+    if keep_quantized:
+        for i, src in enumerate(sources):
+            modules = [m for m in fp8_linear_modules(src, model) if m not in full_map]
+            if modules:
+                full_map.update(fp8_quant_map(modules))
+                sources[i] = Fp8AsQuanto(src, modules)
+    if full_map:
+        prepare_quantized(model, full_map)   # swaps in QuantoLinear: precedence over ``operations``
+    return model, sources, len(full_map)
+
+
 def load_dit(model_path, adapter_path=None, loras=(), dtype: torch.dtype = torch.bfloat16,
-             device="cpu", config: dict | None = None) -> WanModel:
+             device="cpu", config: dict | None = None, keep_quantized: bool = True,
+             operations=None) -> WanModel:
     """Load the InfiniteTalk / MultiTalk DiT.
 
     model_path: base shard set (folder, index or any shard), a single-file base or full model
@@ -248,6 +270,12 @@ def load_dit(model_path, adapter_path=None, loras=(), dtype: torch.dtype = torch
         same keys: which one is used is the user's choice of file, reported as given.
     loras: ``(path, strength)`` pairs applied in order after loading.
     config: WanModel kwargs that override config.json / metadata (e.g. num_heads of a file without one).
+    keep_quantized: fp8 files (plain ComfyUI fp8_e4m3fn, Kijai scaled fp8) keep their Linear weights as
+        fp8 quanto slots (scale 1 or the file's ``scale_weight``); False upcasts them to ``dtype``.
+        optimum-quanto files always stay quantized.
+    operations: the ``operations`` namespace to build the model with (e.g. the host's casting layers);
+        default ``TorchOps`` (or ``QuantoOps`` for quantized files). Quantized modules always become
+        ``QuantoLinear`` whatever this is.
     """
     model_path = Path(model_path)
     src = _open_model(model_path)
@@ -263,14 +291,12 @@ def load_dit(model_path, adapter_path=None, loras=(), dtype: torch.dtype = torch
     qmap_path, qmap = None, None
     if info.kind == "quanto_full":
         qmap_path, qmap = find_quant_map(src.path, src.keys(), src.dtype)
-    with torch.device("meta"):
-        model = WanModel(**cfg, operations=QuantoOps if qmap else TorchOps)
-    if qmap:
-        prepare_quantized(model, qmap)
+    model, sources, n_quantized = _build(cfg, sources, qmap, keep_quantized, operations)
     stream_into(model, plan_keys(model, sources), dtype, device)
     model.eval()
     report = DitLoadReport(str(model_path), info.kind, None if adapter_path is None else str(adapter_path),
-                           info.quant, None if qmap_path is None else str(qmap_path), dtype, cfg)
+                           info.quant, None if qmap_path is None else str(qmap_path), dtype, cfg,
+                           quantized_layers=n_quantized)
     report.loras = apply_loras(model, loras)
     model.load_report = report
     log.info("loaded DiT: %s", report.summary())

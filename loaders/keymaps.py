@@ -42,11 +42,43 @@ LORA_SUFFIXES = {
 }
 LORA_PREFIXES = ("diffusion_model.", "model.diffusion_model.", "transformer.", "lora_unet_", "")
 
+# -- umT5 text encoder -----------------------------------------------------------------------------
+UMT5_OFFICIAL_ANCHOR = "token_embedding.weight"                       # models_t5_umt5-xxl-enc-bf16.pth
+UMT5_HF_ANCHOR = "encoder.block.0.layer.0.SelfAttention.q.weight"     # HF / ComfyUI umt5_xxl_*.safetensors
+# HF / ComfyUI T5 names -> official names (regex, replacement); the one table for every umT5 file.
+UMT5_HF_RENAMES = (
+    (r"^shared\.weight$", "token_embedding.weight"),
+    (r"^encoder\.final_layer_norm\.weight$", "norm.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight$", r"blocks.\1.norm1.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.weight$", r"blocks.\1.attn.\2.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$",
+     r"blocks.\1.pos_embedding.embedding.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight$", r"blocks.\1.norm2.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.weight$", r"blocks.\1.ffn.gate.0.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.weight$", r"blocks.\1.ffn.fc1.weight"),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.weight$", r"blocks.\1.ffn.fc2.weight"),
+)
+_UMT5_HF_RENAMES = tuple((re.compile(p), r) for p, r in UMT5_HF_RENAMES)
+# umT5 file entries that are not encoder weights (tokenizer, markers, the tied copy, activation scalars).
+UMT5_IGNORED = (r"(^|\.)spiece_model$", r"(^|\.)scaled_fp8$", r"(^|\.)encoder\.embed_tokens\.weight$",
+                r"\.scale_input$", r"\.(input|output)_scale$")
+
+# -- wav2vec2 audio encoder ------------------------------------------------------------------------
+WAV2VEC_ANCHOR = "feature_extractor.conv_layers.0.conv.weight"
+WAV2VEC_PREFIXES = ("wav2vec2.",)                                     # Kijai's pretraining-class save
+# Positional-conv weight norm: (old torch.nn.utils.weight_norm name, parametrizations name).
+WAV2VEC_WEIGHT_NORM_NAMES = (
+    ("encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    ("encoder.pos_conv_embed.conv.weight_v", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+)
+# Heads of pretraining / CTC classes that the encoder does not use.
+WAV2VEC_IGNORED_PREFIXES = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features.")
+
 # Keys by which other model families are recognised (for "wrong input" messages).
 FOREIGN_FAMILIES = {
-    "umt5": ("token_embedding.weight", "shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight"),
-    "wav2vec2": ("feature_extractor.conv_layers.0.conv.weight",
-                 "wav2vec2.feature_extractor.conv_layers.0.conv.weight", "encoder.pos_conv_embed.conv.bias"),
+    "umt5": (UMT5_OFFICIAL_ANCHOR, "shared.weight", UMT5_HF_ANCHOR),
+    "wav2vec2": (WAV2VEC_ANCHOR, *(p + WAV2VEC_ANCHOR for p in WAV2VEC_PREFIXES),
+                 "encoder.pos_conv_embed.conv.bias"),
     "clip_vision": ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
     "vae": ("decoder.conv1.weight", "encoder.conv1.weight", "decoder.head.2.weight"),
 }
@@ -89,3 +121,11 @@ def module_of(key: str) -> str:
         if key.endswith("." + suffix):
             return key[: -len(suffix) - 1]
     return key.rsplit(".", 1)[0]
+
+
+def umt5_official_name(key: str) -> str:
+    """'encoder.block.3.layer.1.DenseReluDense.wo.weight' -> 'blocks.3.ffn.fc2.weight' (else unchanged)."""
+    for pattern, repl in _UMT5_HF_RENAMES:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    return key

@@ -43,6 +43,18 @@ def quantize_rows(w: torch.Tensor, qtype: str) -> tuple[torch.Tensor, torch.Tens
     return data, scale
 
 
+def row_scale(rows: int, scale: torch.Tensor | None, where: str = "") -> torch.Tensor:
+    """A file's weight scale as quanto's per-row fp32 [rows, 1]: 1 when absent (plain fp8), a per-tensor
+    scalar broadcast (ComfyUI / Kijai ``scale_weight``), or one value per row as is."""
+    if scale is None:
+        return torch.ones(rows, 1)
+    scale = scale.to(torch.float32).reshape(-1, 1)
+    if scale.shape[0] not in (1, rows):
+        raise LoaderError(f"{where}: the weight scale has {scale.shape[0]} values for {rows} rows; expected "
+                          "one per tensor or one per row. The file is damaged or not a scaled-fp8 file.")
+    return scale.expand(rows, 1).clone()
+
+
 class QuantoLinear(nn.Module):
     """A Linear that holds either a float weight or quanto int8/fp8 data + per-row fp32 scale.
 

@@ -4,132 +4,81 @@ Layouts:
 * official ``models_t5_umt5-xxl-enc-bf16.pth`` (read with ``torch.load(weights_only=True, mmap=True)``)
   or a safetensors file with the same names (e.g. Kijai's ``umt5-xxl-enc-bf16.safetensors``);
 * ComfyUI ``umt5_xxl_fp16/bf16.safetensors``: HF T5 names (``shared.weight``, ``encoder.block.N...``),
-  renamed by ``HF_RENAMES``; its embedded ``spiece_model`` is the tokenizer;
+  renamed by ``keymaps.UMT5_HF_RENAMES``; its embedded ``spiece_model`` is the tokenizer;
 * ComfyUI ``umt5_xxl_fp8_e4m3fn_scaled.safetensors``: HF names + ``scaled_fp8`` marker + per-tensor
-  ``*.scale_weight``: weights are dequantised as ``weight * scale_weight``;
+  ``*.scale_weight``: each fp8 Linear stays fp8 in memory (a ``QuantoLinear`` slot whose per-row
+  scale is the file's scale), other tensors are cast to ``dtype``;
 * official optimum-quanto ``t5_int8`` / ``t5_fp8``: ``X.weight._data`` + ``X.weight._scale`` [out, 1]
-  (+ unused ``input_scale`` / ``output_scale``) with the JSON map ``t5_map_<q>.json`` beside it.
-  Dequantised at load (``_data * _scale``) for now; the quantized layers of ``loaders/quanto.py``
-  can replace that later without changing the file handling.
-Dims come from tensor shapes, never from file names. Tensors are converted one at a time into a
-model built on the meta device, so peak memory is about one model in the target dtype.
+  (+ unused ``input_scale`` / ``output_scale``) with the JSON map ``t5_map_<q>.json`` beside it: the
+  Linear layers stay int8 / fp8 (``loaders/quanto.py``; umT5-XXL ≈ 6.7 GB instead of 11.4 GB in bf16).
+``keep_quantized=False`` dequantises both quantized layouts to ``dtype`` at load (the old behaviour).
+Files are opened by content (``files.open_weights``), dims come from tensor shapes, never from file
+names. Tensors are converted one at a time into a model built on the meta device.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
+from ..models.ops import TorchOps
 from ..models.umt5 import UMT5Encoder
+from . import keymaps as km
+from .files import LoaderError, WeightFile, open_weights
+from .quanto import QTYPES, QuantoOps, find_quant_map, map_candidates, prepare_quantized, row_scale
 from .tokenizer import UMT5Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-# HF / ComfyUI T5 names -> official names (regex, replacement).
-HF_RENAMES = (
-    (r"^shared\.weight$", "token_embedding.weight"),
-    (r"^encoder\.final_layer_norm\.weight$", "norm.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.weight$", r"blocks.\1.norm1.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.weight$", r"blocks.\1.attn.\2.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$",
-     r"blocks.\1.pos_embedding.embedding.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight$", r"blocks.\1.norm2.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.weight$", r"blocks.\1.ffn.gate.0.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.weight$", r"blocks.\1.ffn.fc1.weight"),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.weight$", r"blocks.\1.ffn.fc2.weight"),
-)
-_HF_RENAMES = tuple((re.compile(p), r) for p, r in HF_RENAMES)
-# Entries that are not weights of the encoder (tokenizer, markers, duplicates, activation scales).
-IGNORED = (re.compile(r"(^|\.)spiece_model$"), re.compile(r"(^|\.)scaled_fp8$"),
-           re.compile(r"(^|\.)encoder\.embed_tokens\.weight$"), re.compile(r"\.scale_input$"),
-           re.compile(r"\.(input|output)_scale$"))
-OFFICIAL_MARK = "token_embedding.weight"
-HF_MARK = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_IGNORED = tuple(re.compile(p) for p in km.UMT5_IGNORED)
+_QUANTO_SCALE = ".weight._scale"
 
 
-class TextEncoderLoadError(ValueError):
-    """A umT5 file that cannot be used, with what to do about it."""
-
-
-class _Reader:
-    """Uniform tensor access for .safetensors (lazy) and weights-only .pth (memory-mapped)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        if path.suffix == ".safetensors":
-            self._st = safe_open(str(path), framework="pt")
-            self.keys = list(self._st.keys())
-            self._sd = None
-        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise TextEncoderLoadError(f"umT5: {path} does not hold a flat state dict of tensors")
-            self._st, self._sd, self.keys = None, sd, list(sd)
-        else:
-            raise TextEncoderLoadError(f"umT5: {path} is neither .safetensors nor .pth")
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._st.get_tensor(key) if self._st is not None else self._sd[key]
+class TextEncoderLoadError(LoaderError):
+    """A umT5 file that cannot be used, with what to do about it (a ``LoaderError``, so a ValueError)."""
 
 
 def _strip_prefix(keys: list[str]) -> str:
     """The prefix in front of the HF or official names (ComfyUI sometimes nests text encoders)."""
     for key in keys:
-        for mark in (HF_MARK, OFFICIAL_MARK):
+        for mark in (km.UMT5_HF_ANCHOR, km.UMT5_OFFICIAL_ANCHOR):
             if key.endswith(mark):
                 return key[: -len(mark)]
     raise TextEncoderLoadError(
-        f"umT5: no umT5 encoder weights recognised (looked for '{OFFICIAL_MARK}' or '{HF_MARK}'); "
-        "choose models_t5_umt5-xxl-enc-bf16.pth, a umt5_xxl_*.safetensors file or t5_int8/t5_fp8.safetensors")
+        f"umT5: no umT5 encoder weights recognised (looked for '{km.UMT5_OFFICIAL_ANCHOR}' or "
+        f"'{km.UMT5_HF_ANCHOR}'); choose models_t5_umt5-xxl-enc-bf16.pth, a umt5_xxl_*.safetensors file or "
+        "t5_int8/t5_fp8.safetensors")
 
 
 def official_name(key: str) -> str:
-    for pattern, repl in _HF_RENAMES:
-        if pattern.match(key):
-            return pattern.sub(repl, key)
-    return key
+    return km.umt5_official_name(key)
 
 
-def _quanto_map(path: Path) -> dict | None:
-    """The optimum-quanto map: ``t5_map_<q>.json`` beside ``t5_<q>.safetensors``, or the path with
-    'safetensors' replaced by 'json' (the reference's rule for the DiT)."""
-    m = re.match(r"^t5_(int8|fp8)$", path.stem)
-    candidates = ([path.with_name(f"t5_map_{m.group(1)}.json")] if m else []) + \
-        [path.with_name(path.name.replace("safetensors", "json"))]
-    for c in candidates:
-        if c.is_file() and c != path:
-            return json.loads(c.read_text())
-    log.warning("umT5: no quanto map (%s) next to %s; dequantising every '*.weight._data' entry",
-                " or ".join(c.name for c in candidates), path)
-    return None
-
-
-def _tensor_plan(reader: _Reader) -> tuple[dict[str, tuple[str, ...]], str]:
-    """official name -> source key(s): (weight,) or (weight, scale) for quantized entries; and a format tag."""
-    prefix = _strip_prefix(reader.keys)
-    keys = [k[len(prefix):] for k in reader.keys if k.startswith(prefix)]
-    quanto = any(k.endswith(".weight._data") for k in keys)
-    scaled = any(k == "scaled_fp8" or k.endswith(".scaled_fp8") for k in reader.keys)
+def _tensor_plan(src: WeightFile) -> tuple[dict[str, tuple[str, ...]], str, str]:
+    """official weight name -> source key(s): (weight,) or (weight/_data, scale); format tag; prefix."""
+    raw = src.raw_keys()
+    prefix = _strip_prefix(raw)
+    keys = [k[len(prefix):] for k in raw if k.startswith(prefix)]
+    quanto = any(k.endswith(km.QUANTO_DATA) for k in keys)
+    scaled = any(k == km.SCALED_FP8_MARKER or k.endswith("." + km.SCALED_FP8_MARKER) for k in raw)
+    keyset = set(keys)
     plan: dict[str, tuple[str, ...]] = {}
     for key in keys:
-        if any(p.search(key) for p in IGNORED) or key.endswith((".weight._scale", ".scale_weight")):
+        if any(p.search(key) for p in _IGNORED) or key.endswith((_QUANTO_SCALE, km.SCALED_FP8_SUFFIX)):
             continue
-        if key.endswith(".weight._data"):
+        if key.endswith(km.QUANTO_DATA):
             base = key[: -len("._data")]
             plan[official_name(base)] = (prefix + key, prefix + base + "._scale")
-        elif scaled and key.endswith(".weight") and (key[: -len("weight")] + "scale_weight") in keys:
-            plan[official_name(key)] = (prefix + key, prefix + key[: -len("weight")] + "scale_weight")
+        elif scaled and key.endswith(".weight") and key[: -len(".weight")] + km.SCALED_FP8_SUFFIX in keyset:
+            plan[official_name(key)] = (prefix + key, prefix + key[: -len(".weight")] + km.SCALED_FP8_SUFFIX)
         else:
             plan[official_name(key)] = (prefix + key,)
-    fmt = "quanto" if quanto else "scaled_fp8" if scaled else "plain"
-    return plan, fmt
+    return plan, "quanto" if quanto else "scaled_fp8" if scaled else "plain", prefix
 
 
-def _config_from_shapes(shapes: dict[str, torch.Size]) -> dict:
+def _config_from_shapes(shapes: dict[str, tuple]) -> dict:
     def shape(key):
         if key not in shapes:
             raise TextEncoderLoadError(f"umT5: weight '{key}' is missing; the file is incomplete or not umT5")
@@ -148,15 +97,44 @@ def _config_from_shapes(shapes: dict[str, torch.Size]) -> dict:
                 num_layers=len(blocks), num_buckets=int(buckets), shared_pos=False)
 
 
-def _materialise(reader: _Reader, keys: tuple[str, ...], dtype: torch.dtype) -> torch.Tensor:
-    w = reader.get(keys[0])
-    if len(keys) == 2:  # quanto (_data * _scale [out, 1]) or ComfyUI scaled fp8 (weight * scalar)
-        w = w.to(torch.float32) * reader.get(keys[1]).to(torch.float32)
-    return w.to(dtype)
+def _quanto_map(src: WeightFile, prefix: str) -> dict[str, str]:
+    """official module name -> quanto qtype, from the map next to the file (validated against the keys);
+    without any map the stored dtypes say it (a warning: the map would only repeat them)."""
+    stored = {k[len(prefix):]: k for k in src.raw_keys() if k.startswith(prefix)}
+    if not any(p.is_file() for p in map_candidates(src.path)):
+        log.warning("umT5: no quanto map (%s) next to %s; using the stored dtypes of every '*.weight._data'",
+                    " or ".join(p.name for p in map_candidates(src.path)), src.path)
+        qmap = {k[: -len(km.QUANTO_DATA)]: {"weights": "qint8" if src.dtype(v) == torch.int8 else "qfloat8_e4m3fn"}
+                for k, v in stored.items() if k.endswith(km.QUANTO_DATA)}
+    else:
+        try:
+            _, qmap = find_quant_map(src.path, list(stored), lambda k: src.dtype(stored[k]))
+        except LoaderError as err:
+            raise TextEncoderLoadError(f"umT5: the quanto map next to {src.path} does not fit its weights; the "
+                                       f"map and weights do not belong together. {err}") from err
+    return {official_name(m + ".weight")[: -len(".weight")]: spec["weights"] for m, spec in qmap.items()}
 
 
-def load_umt5_state(path, dtype: torch.dtype = torch.bfloat16) -> tuple[dict[str, torch.Tensor], dict, _Reader, str]:
-    """(official-name state dict in ``dtype``, config, reader, format tag)."""
+def _fp8_scaled_modules(src: WeightFile, plan: dict) -> dict[str, str]:
+    """Modules of a ComfyUI scaled-fp8 file whose Linear weight is float8_e4m3fn: kept as fp8 slots."""
+    return {name[: -len(".weight")]: "qfloat8_e4m3fn" for name, keys in plan.items()
+            if len(keys) == 2 and src.dtype(keys[0]) == QTYPES["qfloat8_e4m3fn"]}
+
+
+def _materialise(src: WeightFile, name: str, keys: tuple[str, ...], dtype, quantized: set) -> dict:
+    """Official state-dict entries for one planned weight (quantized slots keep data + per-row scale)."""
+    w = src.get(keys[0])
+    module = name[: -len(".weight")]
+    if module in quantized:
+        scale = src.get(keys[1]) if len(keys) == 2 else None
+        return {name + "._data": w, name + "._scale": row_scale(w.shape[0], scale, f"{src.path}: {keys[-1]}"),
+                module + ".input_scale": torch.ones(()), module + ".output_scale": torch.ones(())}
+    if len(keys) == 2:  # dequantise: quanto (_data * _scale [out, 1]) or scaled fp8 (weight * scalar)
+        w = w.to(torch.float32) * src.get(keys[1]).to(torch.float32)
+    return {name: w.to(dtype)}
+
+
+def _open(path) -> WeightFile:
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.pth"))
@@ -165,40 +143,49 @@ def load_umt5_state(path, dtype: torch.dtype = torch.bfloat16) -> tuple[dict[str
         path = files[0]
     if not path.is_file():
         raise TextEncoderLoadError(f"umT5: {path} does not exist")
-    reader = _Reader(path)
-    plan, fmt = _tensor_plan(reader)
+    return open_weights(path)
+
+
+def load_umt5_state(path, dtype: torch.dtype = torch.bfloat16, keep_quantized: bool = True):
+    """(official-name state dict, {quantized module: qtype}, config, WeightFile, format tag)."""
+    src = _open(path)
+    plan, fmt, prefix = _tensor_plan(src)
+    qtypes = {}
     if fmt == "quanto":
-        _check_quanto_map(_quanto_map(path), plan, path)
-    sd = {name: _materialise(reader, keys, dtype) for name, keys in plan.items()}
-    return sd, _config_from_shapes({k: v.shape for k, v in sd.items()}), reader, fmt
+        qtypes = _quanto_map(src, prefix)
+    elif fmt == "scaled_fp8":
+        qtypes = _fp8_scaled_modules(src, plan)
+    if not keep_quantized:
+        qtypes = {}
+    config = _config_from_shapes({name: src.shape(keys[0]) for name, keys in plan.items()})
+    sd = {}
+    for name, keys in plan.items():
+        sd.update(_materialise(src, name, keys, dtype, set(qtypes)))
+    return sd, qtypes, config, src, fmt
 
 
-def _check_quanto_map(qmap: dict | None, plan: dict, path: Path) -> None:
-    if not qmap:
-        return
-    quantized = {name[: -len(".weight")] for name, keys in plan.items() if keys[0].endswith("._data")}
-    absent = sorted(m for m in qmap if official_name(m + ".weight")[: -len(".weight")] not in quantized)
-    if absent:
-        raise TextEncoderLoadError(f"umT5: the quanto map next to {path} lists modules without quantized "
-                                   f"weights in the file, e.g. {absent[:4]}; the map and weights do not belong together")
+def _embedded_spiece(src: WeightFile) -> torch.Tensor | None:
+    key = next((k for k in src.raw_keys() if k == "spiece_model" or k.endswith(".spiece_model")), None)
+    return src.get(key) if key is not None else None
 
 
-def _embedded_spiece(reader: _Reader) -> torch.Tensor | None:
-    key = next((k for k in reader.keys if k == "spiece_model" or k.endswith(".spiece_model")), None)
-    return reader.get(key) if key is not None else None
+def load_umt5(path, device="cpu", dtype: torch.dtype = torch.bfloat16, tokenizer_path=None,
+              keep_quantized: bool = True) -> tuple[UMT5Encoder, UMT5Tokenizer]:
+    """Load the umT5 encoder (official/ComfyUI/quanto layouts) and its tokenizer from user files.
 
-
-def load_umt5(path, device="cpu", dtype: torch.dtype = torch.bfloat16,
-              tokenizer_path=None) -> tuple[UMT5Encoder, UMT5Tokenizer]:
-    """Load the umT5 encoder (official/ComfyUI/quanto layouts) and its tokenizer from user files."""
-    sd, config, reader, fmt = load_umt5_state(path, dtype)
-    tokenizer = load_tokenizer(reader.path, _embedded_spiece(reader), tokenizer_path)
+    ``keep_quantized``: int8 / fp8 layouts keep their Linear weights quantized (default); False
+    dequantises them to ``dtype``.
+    """
+    sd, qtypes, config, src, fmt = load_umt5_state(path, dtype, keep_quantized)
+    tokenizer = load_tokenizer(src.path, _embedded_spiece(src), tokenizer_path)
     with torch.device("meta"):
-        model = UMT5Encoder(**config, dtype=dtype)
+        model = UMT5Encoder(**config, operations=QuantoOps if qtypes else TorchOps, dtype=dtype)
+    prepare_quantized(model, {m: {"weights": q, "activations": "none"} for m, q in qtypes.items()})
     result = model.load_state_dict(sd, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
-        raise TextEncoderLoadError(f"umT5: {reader.path} does not match a umT5 encoder: missing "
+        raise TextEncoderLoadError(f"umT5: {src.path} does not match a umT5 encoder: missing "
                                    f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
-    log.info("umT5: loaded %s (%s; dim %d, %d layers, %d heads) as %s", reader.path, fmt, config["dim"],
-             config["num_layers"], config["num_heads"], dtype)
+    src.close()
+    log.info("umT5: loaded %s (%s; dim %d, %d layers, %d heads) as %s, %d Linear layers kept quantized",
+             src.path, fmt, config["dim"], config["num_layers"], config["num_heads"], dtype, len(qtypes))
     return model.to(device).eval(), tokenizer
