@@ -94,6 +94,15 @@ def _depths(graph: dict) -> dict[str, int]:
 
     for nid in graph:
         depth(nid)
+    # Loaders sit just left of their first consumer rather than all in column 0.
+    consumers: dict[str, list[str]] = defaultdict(list)
+    for nid, node in graph.items():
+        for v in node["inputs"].values():
+            if isinstance(v, list):
+                consumers[v[0]].append(nid)
+    for nid in sorted(graph, key=lambda n: -memo[n]):
+        if consumers[nid]:
+            memo[nid] = min(memo[c] for c in consumers[nid]) - 1
     return memo
 
 
