@@ -1,13 +1,17 @@
 """wav2vec2 checkpoint on disk -> ``Wav2Vec2At25fps``, recognised by keys.
 
 Layouts (all use transformers' parameter names; what differs is the prefix and the weight-norm
-naming of the positional conv):
+naming of the positional conv, both tables in ``keymaps``):
 * the official HF folder ``chinese-wav2vec2-base/``: ``config.json`` + ``model.safetensors``
-  (``refs/pr/1``), ``preprocessor_config.json``. Its ``pytorch_model.bin`` is a pickle and is refused.
+  (``refs/pr/1``), ``preprocessor_config.json``. Without safetensors its ``pytorch_model.bin`` is read
+  like every torch file of this pack: ``torch.load(weights_only=True)`` (tensors only; a pickle that
+  needs code execution is refused with a message to convert it).
 * Kijai's ``wav2vec2-chinese-base_fp16.safetensors``: saved from a pretraining class, keys prefixed
   ``wav2vec2.``, positional conv as ``weight_g`` / ``weight_v`` (plus pretraining heads, ignored).
 * ComfyUI's ``audio_encoders`` files: no prefix, ``parametrizations.weight.original0/1``.
-Single files carry no config: dims are derived from tensor shapes, the rest are wav2vec2-base values.
+Files are opened by content (``files.open_weights``): truncated, foreign and unsafe files get the same
+``LoaderError`` as every other loader. Single files carry no config: dims are derived from tensor
+shapes, the rest are wav2vec2-base values.
 """
 from __future__ import annotations
 
@@ -17,55 +21,41 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..models.wav2vec import Wav2Vec2At25fps
+from . import keymaps as km
+from .files import LoaderError, open_weights, read_json
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("wav2vec2.",)
-# Positional-conv weight norm: (old torch.nn.utils.weight_norm name, parametrizations name).
-WEIGHT_NORM_NAMES = (
-    ("encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
-    ("encoder.pos_conv_embed.conv.weight_v", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
-)
-# Heads of pretraining / CTC classes that the encoder does not use.
-IGNORED_PREFIXES = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features.")
 REQUIRED_KEYS = ("feature_projection.projection.weight", "encoder.layers.0.attention.q_proj.weight",
-                 "feature_extractor.conv_layers.0.conv.weight")
+                 km.WAV2VEC_ANCHOR)
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 BASE_CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 HEAD_DIM = 64  # every released wav2vec2 (base 768/12, large 1024/16)
 # chinese-wav2vec2-base's preprocessor_config.json says do_normalize: false (see samplers/speech.py).
 DEFAULT_DO_NORMALIZE = False
 
 
-class Wav2VecLoadError(ValueError):
-    """A wav2vec2 file or folder that cannot be used, with what to do about it."""
-
-
-def _refuse_pickle(path: Path) -> None:
-    raise Wav2VecLoadError(
-        f"wav2vec2: {path} is a pickle (.bin/.pt); this pack never unpickles files. Use the safetensors "
-        "weights instead: 'model.safetensors' from TencentGameMate/chinese-wav2vec2-base (revision "
-        "refs/pr/1), or ComfyUI's 'wav2vec2-chinese-base_fp16.safetensors' (models/audio_encoders).")
+class Wav2VecLoadError(LoaderError):
+    """A wav2vec2 file or folder that cannot be used, with what to do about it (a ``LoaderError``)."""
 
 
 def _find_weights(path: Path) -> tuple[Path, Path | None]:
-    """(weights file, folder with config.json or None)."""
+    """(weights file, folder with config.json or None). A folder: its safetensors, else its one torch file."""
     if path.is_dir():
         st = sorted(path.glob("*.safetensors"))
         if st:
             chosen = path / "model.safetensors" if (path / "model.safetensors").exists() else st[0]
             return chosen, path if (path / "config.json").exists() else None
-        if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-            _refuse_pickle(next(iter(list(path.glob("*.bin")) + list(path.glob("*.pt")))))
-        raise Wav2VecLoadError(f"wav2vec2: no .safetensors weights in folder {path}; put model.safetensors there")
+        torch_files = sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES)
+        if len(torch_files) == 1:
+            return torch_files[0], path if (path / "config.json").exists() else None
+        raise Wav2VecLoadError(f"wav2vec2: no weights in folder {path} (found {len(torch_files)} torch files, no "
+                               ".safetensors); put model.safetensors there (TencentGameMate/chinese-wav2vec2-base, "
+                               "revision refs/pr/1) or use ComfyUI's wav2vec2-chinese-base_fp16.safetensors")
     if not path.exists():
         raise Wav2VecLoadError(f"wav2vec2: {path} does not exist")
-    if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-        _refuse_pickle(path)
-    if path.suffix != ".safetensors":
-        raise Wav2VecLoadError(f"wav2vec2: {path} is not a .safetensors file")
     return path, path.parent if (path.parent / "config.json").exists() and _is_wav2vec_config(path.parent) else None
 
 
@@ -77,8 +67,9 @@ def _is_wav2vec_config(folder: Path) -> bool:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    """Every tensor of a weight file, opened by content (safetensors, or torch files weights-only)."""
+    with open_weights(path) as f:
+        return {k: f.get(k) for k in f.raw_keys()}
 
 
 def normalize_keys(sd: dict[str, torch.Tensor], target_keys: set[str] | None = None,
@@ -87,10 +78,10 @@ def normalize_keys(sd: dict[str, torch.Tensor], target_keys: set[str] | None = N
     whichever naming ``target_keys`` (the model's own) uses."""
     out = {}
     for key, value in sd.items():
-        for prefix in PREFIXES:
+        for prefix in km.WAV2VEC_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]
-        if key.startswith(IGNORED_PREFIXES):
+        if key.startswith(km.WAV2VEC_IGNORED_PREFIXES):
             continue
         out[key] = value
     missing = [k for k in REQUIRED_KEYS if k not in out]
@@ -98,7 +89,7 @@ def normalize_keys(sd: dict[str, torch.Tensor], target_keys: set[str] | None = N
         raise Wav2VecLoadError(f"wav2vec2: {source or 'the file'} is not a wav2vec2 checkpoint "
                                f"(missing {missing}); choose a wav2vec2 audio encoder file")
     if target_keys is not None:
-        for old, new in WEIGHT_NORM_NAMES:
+        for old, new in km.WAV2VEC_WEIGHT_NORM_NAMES:
             if old in out and old not in target_keys and new in target_keys:
                 out[new] = out.pop(old)
             elif new in out and new not in target_keys and old in target_keys:
@@ -120,8 +111,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
                                "this file needs its config.json next to it (HF folder layout)")
     weights = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in convs]
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"^encoder\.layers\.(\d+)\.", k))}
-    pos_v = sd.get("encoder.pos_conv_embed.conv.weight_v",
-                   sd.get("encoder.pos_conv_embed.conv.parametrizations.weight.original1"))
+    pos_v = next((sd[name] for name in km.WAV2VEC_WEIGHT_NORM_NAMES[1] if name in sd), None)
     if pos_v is None:
         raise Wav2VecLoadError("wav2vec2: the positional conv weights (weight_v / original1) are missing")
     layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in sd
@@ -147,7 +137,8 @@ def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
 
 def _folder_do_normalize(folder: Path | None) -> bool:
     if folder is not None and (folder / "preprocessor_config.json").exists():
-        return bool(json.loads((folder / "preprocessor_config.json").read_text()).get("do_normalize", False))
+        return bool(read_json(folder / "preprocessor_config.json", "wav2vec2 preprocessor config")
+                    .get("do_normalize", False))
     return DEFAULT_DO_NORMALIZE
 
 
@@ -157,7 +148,7 @@ def load_wav2vec(path, device="cpu", dtype: torch.dtype = torch.float32) -> Wav2
     raw = read_state_dict(weights)
     sd = normalize_keys(raw, source=str(weights))
     if folder is not None:
-        config = json.loads((folder / "config.json").read_text())
+        config = read_json(folder / "config.json", "wav2vec2 config")
     else:
         config = config_from_state_dict(sd)
     model = Wav2Vec2At25fps(config, do_normalize=_folder_do_normalize(folder))

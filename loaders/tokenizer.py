@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .files import LoaderError
+
 log = logging.getLogger(__name__)
 
 SEQ_LEN = 512
@@ -28,8 +30,8 @@ FOLDER_NAMES = ("google/umt5-xxl", "umt5-xxl", "umt5_xxl", "tokenizer", "t5_toke
 FILE_NAMES = ("tokenizer.json", "spiece.model")
 
 
-class TokenizerNotFoundError(ValueError):
-    """No umT5 tokenizer file near the weights; the message lists every place searched."""
+class TokenizerNotFoundError(LoaderError):
+    """No umT5 tokenizer file near the weights; the message lists every place searched (a ValueError)."""
 
 
 def clean_text(text: str) -> str:

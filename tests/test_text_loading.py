@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from golden import assert_close
+from infinitetalk.loaders.files import LoaderError
+from infinitetalk.loaders.quanto import QuantoLinear
 from infinitetalk.loaders.speech import Wav2VecLoadError, load_wav2vec
 from infinitetalk.loaders.text import TextEncoderLoadError, load_umt5
 from infinitetalk.loaders.tokenizer import TokenizerNotFoundError, clean_text, load_tokenizer
@@ -133,13 +135,12 @@ def test_wav2vec_preprocessor_config_sets_do_normalize(tmp_path):
     assert load_wav2vec(tmp_path / "w").do_normalize is True
 
 
-def test_wav2vec_refuses_pickle(tmp_path):
+def test_wav2vec_reads_tensor_only_bin_weights_only(tmp_path):
     folder = tmp_path / "chinese-wav2vec2-base"
-    tiny.write_wav2vec_folder(folder, safetensors=False, pickle_bin=True)
-    with pytest.raises(Wav2VecLoadError, match="refs/pr/1"):
-        load_wav2vec(folder)
-    with pytest.raises(Wav2VecLoadError, match="never unpickles"):
-        load_wav2vec(folder / "pytorch_model.bin")
+    sd = tiny.write_wav2vec_folder(folder, safetensors=False, pickle_bin=True)
+    x = torch.randn(8000, generator=torch.Generator().manual_seed(2))
+    for path in (folder, folder / "pytorch_model.bin"):
+        assert_close(load_wav2vec(path)(x, 12), _plain_wav2vec(sd)(x, 12), 1e-5, f"{path.name} embedding")
 
 
 def test_wav2vec_rejects_other_files(tmp_path):
@@ -147,3 +148,72 @@ def test_wav2vec_rejects_other_files(tmp_path):
     tiny.write_umt5_comfy_safetensors(path, spiece=False)
     with pytest.raises(Wav2VecLoadError, match="not a wav2vec2 checkpoint"):
         load_wav2vec(path)
+
+
+# ------------------------------------------------------------- quantized weights stay quantized
+
+def _state_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize("qtype,stored", [("int8", torch.int8), ("fp8", torch.float8_e4m3fn)])
+def test_umt5_quanto_stays_quantized(qtype, stored, tmp_path):
+    sd, path = _write(f"quanto_{qtype}", tmp_path)
+    model, _ = load_umt5(path, dtype=torch.bfloat16)
+    linears = [m for m in model.modules() if isinstance(m, QuantoLinear)]
+    assert len(linears) == 7 * tiny.TINY_T5["num_layers"] and all(m.quantized for m in linears)
+    assert {m.weight_data.dtype for m in linears} == {stored}
+    # Bytes: int8/fp8 data (1 B) + fp32 row scale + two scalars per Linear; bf16 for the rest.
+    names = {n for n, m in model.named_modules() if isinstance(m, QuantoLinear)}
+    lin = {k for k in sd if k[: -len(".weight")] in names}
+    want = sum(sd[k].numel() + 4 * sd[k].shape[0] + 8 for k in lin) + sum(2 * v.numel() for k, v in sd.items()
+                                                                        if k not in lin)
+    assert _state_bytes(model) == want
+    upcast, _ = load_umt5(path, dtype=torch.bfloat16, keep_quantized=False)
+    assert _state_bytes(upcast) == 2 * sum(v.numel() for v in sd.values()) > want
+    ids, mask = torch.tensor([[5, 6, 7, 1, 0]]), torch.tensor([[1, 1, 1, 1, 0]])
+    assert torch.equal(model(ids, mask), upcast(ids, mask))  # same math: dequantize, then matmul
+
+
+def test_umt5_scaled_fp8_stays_fp8(tmp_path):
+    sd, path = _write("comfy_fp8_scaled", tmp_path)
+    model, tok = load_umt5(path, dtype=torch.float32)
+    assert model.blocks[0].ffn.fc2.weight_data.dtype == torch.float8_e4m3fn
+    ids, mask = tok(PROMPTS)
+    assert torch.equal(model(ids, mask), load_umt5(path, dtype=torch.float32, keep_quantized=False)[0](ids, mask))
+
+
+# ------------------------------------------------------- the same bad-file errors as every loader
+
+class _NotATensor:  # pickled by reference: loading it would need code execution
+    pass
+
+
+def _bad_file(kind: str, tmp_path, suffix: str):
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"bad{suffix}"
+    if kind == "truncated":
+        save_file({"w": torch.zeros(64, 64)}, str(path))
+        path.write_bytes(path.read_bytes()[:-100])
+    elif kind == "pickle":
+        torch.save({"w": torch.zeros(2), "obj": _NotATensor()}, str(path))
+    else:
+        path.write_text("this is not a weight file, just text\n" * 4)
+    return path
+
+
+@pytest.mark.parametrize("loader", ["umt5", "wav2vec"])
+@pytest.mark.parametrize("kind,suffix,match", [("truncated", ".safetensors", "truncated"),
+                                               ("pickle", ".pth", "code execution"),
+                                               ("text", ".safetensors", "not a weight file")])
+def test_bad_files_get_the_loader_errors(loader, kind, suffix, match, tmp_path):
+    path = _bad_file(kind, tmp_path, suffix)
+    with pytest.raises(LoaderError, match=match) as err:
+        load_umt5(path) if loader == "umt5" else load_wav2vec(path)
+    assert str(path) in str(err.value) and isinstance(err.value, ValueError)
+
+
+def test_text_and_audio_errors_are_loader_errors():
+    for cls in (TextEncoderLoadError, Wav2VecLoadError, TokenizerNotFoundError):
+        assert issubclass(cls, LoaderError) and issubclass(cls, ValueError)

@@ -195,7 +195,7 @@ def _old_weight_norm_names(sd: dict) -> dict:
 def write_wav2vec_folder(folder, cfg: dict = TINY_WAV2VEC, seed: int = 0, do_normalize: bool = False,
                          safetensors: bool = True, pickle_bin: bool = False) -> dict[str, torch.Tensor]:
     """The HF ``chinese-wav2vec2-base/`` folder: config.json, preprocessor_config.json, model.safetensors
-    (or, with ``pickle_bin``, only a ``pytorch_model.bin`` — which the loader must refuse)."""
+    and/or, with ``pickle_bin``, the original ``pytorch_model.bin`` (a tensors-only torch zip)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sd = wav2vec_state(cfg, seed)
