@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,10 @@ def wrap_model(module, family: str, dtype, memory_budget_gb: float = 0.0, source
         module.get_dtype = lambda: dtype           # ModelPatcher.model_dtype() asks for it
     patcher = comfy.model_patcher.ModelPatcher(module, load_device=torch_device(),
                                                offload_device=offload_device())
+    # One line when the weights are really gone (the host dropped its cache and its model list);
+    # tests rely on it to prove nothing of ours keeps the 14B model alive.
+    weakref.finalize(module, log.info, "InfiniteTalk: DiT released (%s)",
+                     os.path.basename(source) or "model")
     return HostModel(patcher, family, dict(getattr(module, "config", {}) or {}), dtype,
                      float(memory_budget_gb), source)
 
