@@ -59,6 +59,8 @@ UMT5_HF_RENAMES = (
     (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.weight$", r"blocks.\1.ffn.fc2.weight"),
 )
 _UMT5_HF_RENAMES = tuple((re.compile(p), r) for p, r in UMT5_HF_RENAMES)
+# The umT5 Linear weights (official names): the only tensors a scaled-fp8 file keeps as fp8 slots.
+UMT5_LINEAR_WEIGHT = re.compile(r"^blocks\.\d+\.(attn\.[qkvo]|ffn\.(gate\.0|fc1|fc2))\.weight$")
 # umT5 file entries that are not encoder weights (tokenizer, markers, the tied copy, activation scalars).
 UMT5_IGNORED = (r"(^|\.)spiece_model$", r"(^|\.)scaled_fp8$", r"(^|\.)encoder\.embed_tokens\.weight$",
                 r"\.scale_input$", r"\.(input|output)_scale$")

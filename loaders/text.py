@@ -118,7 +118,8 @@ def _quanto_map(src: WeightFile, prefix: str) -> dict[str, str]:
 def _fp8_scaled_modules(src: WeightFile, plan: dict) -> dict[str, str]:
     """Modules of a ComfyUI scaled-fp8 file whose Linear weight is float8_e4m3fn: kept as fp8 slots."""
     return {name[: -len(".weight")]: "qfloat8_e4m3fn" for name, keys in plan.items()
-            if len(keys) == 2 and src.dtype(keys[0]) == QTYPES["qfloat8_e4m3fn"]}
+            if len(keys) == 2 and src.dtype(keys[0]) == QTYPES["qfloat8_e4m3fn"]
+            and km.UMT5_LINEAR_WEIGHT.match(name)}
 
 
 def _materialise(src: WeightFile, name: str, keys: tuple[str, ...], dtype, quantized: set) -> dict:
