@@ -15,16 +15,22 @@ in ``_quantized_linear``.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.quant_matmul import quant_linear
 from . import keymaps as km
 from .files import LoaderError, read_json
 
 log = logging.getLogger(__name__)
+
+# W8A8 on the GPU's 8-bit tensor cores (models/quant_matmul.py): faster, but it also rounds the
+# activations, so it is opt-in; the default keeps the official weight-only numerics.
+FAST_MATMUL_ENV = "INFINITETALK_FAST_QUANT_MATMUL"
 
 QTYPES = {"qint8": torch.int8, "qfloat8_e4m3fn": torch.float8_e4m3fn, "qfloat8": torch.float8_e4m3fn}
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
@@ -113,8 +119,9 @@ class QuantoLinear(nn.Module):
         return self._quantized_linear(x)
 
     def _quantized_linear(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and fast_matmul_enabled():
+            return quant_linear(x, self.weight_data, self.weight_scale, self.bias)
         # Reference numerics: W = _data · _scale (fp32), then a matmul in the compute dtype.
-        # A GPU fast path (torch._int_mm for int8, torch._scaled_mm for fp8) plugs in here.
         w = self.dequantized(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, bias)
@@ -135,6 +142,11 @@ class QuantoLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, qtype={self.qtype}"
+
+
+def fast_matmul_enabled() -> bool:
+    """True when ``INFINITETALK_FAST_QUANT_MATMUL=1``: int8/fp8 layers on CUDA use W8A8 kernels."""
+    return os.environ.get(FAST_MATMUL_ENV, "0") == "1"
 
 
 class QuantoOps:
