@@ -196,20 +196,16 @@ def idle_unload_seconds() -> float:
 
 
 def load_for_sampling(model: HostModel):
-    """Load the DiT through the host (``load_models_gpu``) and return the module ready to run.
+    """Load the whole DiT through the host (``load_models_gpu``) and return the module ready to run.
 
-    ``memory_budget_gb`` > 0 caps what the host may keep resident: ``load_models_gpu`` is asked to
-    leave the rest of the device free (the remainder streams in layer by layer where the host can).
+    Always a full load: our layers are plain torch layers, which the host cannot run partly offloaded
+    (a partial load would leave some weights on the CPU). The host first unloads other models (VAE,
+    CLIP, text encoders, other diffusion models) to make room; if the DiT still does not fit, the
+    device runs out of memory. ``memory_budget_gb`` was checked when the model was loaded.
     """
     with _lock:
         _cancel_timer(model)
-        kwargs = {}
-        if model.memory_budget_gb > 0:
-            device = model.patcher.load_device
-            free = free_memory_on(device) + model.patcher.loaded_size()
-            keep_free = max(0.0, free - model.memory_budget_gb * 2**30)
-            kwargs["minimum_memory_required"] = keep_free
-        mm.load_models_gpu([model.patcher], **kwargs)
+        mm.load_models_gpu([model.patcher], force_full_load=True)
         return model.patcher.model
 
 
@@ -264,6 +260,29 @@ def unload(model: HostModel) -> None:
 
 
 # ------------------------------------------------------------------------- model loading glue
+class BudgetError(ValueError):
+    """The DiT's weights are larger than the memory_budget_gb the user set."""
+
+
+def model_bytes(module) -> int:
+    """Bytes of the module's parameters and buffers as they are stored (int8/fp8 stay 1 byte)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_budget(module, memory_budget_gb: float) -> None:
+    """``memory_budget_gb`` > 0: refuse a DiT whose weights do not fit that many GiB of GPU memory."""
+    if memory_budget_gb <= 0:
+        return
+    if mm.is_device_cpu(torch_device()):
+        log.info("InfiniteTalk: memory_budget_gb is ignored when ComfyUI runs on the CPU")
+        return
+    size = model_bytes(module) / 2**30
+    if size > memory_budget_gb:
+        raise BudgetError(f"the DiT weights need {size:.1f} GiB, more than the {memory_budget_gb:g} GiB "
+                          f"budget (the pack loads the DiT whole, it does not stream it)")
+
+
 def load_model(model_path: str, adapter_path: str | None, family: str, precision: str,
                loras=(), memory_budget_gb: float = 0.0) -> HostModel:
     """Read the DiT (+ adapter, + LoRAs) onto the offload device and hand it to the host."""
@@ -271,9 +290,32 @@ def load_model(model_path: str, adapter_path: str | None, family: str, precision
     dtype = pick_dtype(precision, torch_device())
     module = load_dit(model_path, adapter_path=adapter_path, loras=tuple(loras or ()), dtype=dtype,
                       device=offload_device())
-    log.info("InfiniteTalk: loaded %s as %s (%s)%s", os.path.basename(model_path), family, dtype,
+    check_budget(module, memory_budget_gb)
+    log.info("InfiniteTalk: loaded %s as %s (%s, %.2f GiB)%s", os.path.basename(model_path), family,
+             dtype, model_bytes(module) / 2**30,
              f" with adapter {os.path.basename(adapter_path)}" if adapter_path else "")
     return wrap_model(module, family, dtype, memory_budget_gb, source=model_path)
+
+
+def file_key(path: str) -> tuple:
+    """What identifies a model file's content cheaply: path + mtime + size (for a model folder, of
+    every file directly in it). Used to cache between runs and as the nodes' input fingerprints."""
+    if path is None or not os.path.exists(path):
+        return (path,)
+    if os.path.isdir(path):
+        entries = sorted((e for e in os.scandir(path) if e.is_file()), key=lambda e: e.name)
+        return (path,) + tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries)
+    st = os.stat(path)
+    return (path, st.st_mtime_ns, st.st_size)
+
+
+def fingerprint(kind: str, name: str) -> tuple:
+    """The node fingerprint of a combo choice: changes when the file behind it changes."""
+    path = resolve_model(kind, name)
+    if path is not None and path.endswith(INDEX_SUFFIX):       # a shard set: the shards count too
+        folder = os.path.dirname(path)
+        return file_key(folder)
+    return file_key(path)
 
 
 _text_cache: dict = {}
@@ -287,9 +329,10 @@ def _fits(module, device) -> bool:
 
 
 def text_encoder(path: str):
-    """The umT5 (model, tokenizer) for ``path``, kept between runs (one at a time), on the text
-    encoder device when it fits there, else on the CPU."""
-    key = (path, os.path.getmtime(path))
+    """The umT5 (model, tokenizer) for ``path``, kept in RAM between runs (one at a time; reloaded
+    when the file's mtime or size changes), moved to the text-encoder device when that device has
+    1.2x its size free at that moment, else run on the CPU."""
+    key = file_key(path)
     if _text_cache.get("key") != key:
         from .text import load_umt5
         _text_cache.clear()
@@ -298,6 +341,8 @@ def text_encoder(path: str):
     model = _text_cache["model"]
     device, _ = text_encoder_devices()
     target = device if _fits(model, device) else offload_device()
+    if target != device:
+        log.info("InfiniteTalk: umT5 does not fit in %s now; encoding on the CPU", device)
     return model.to(target), _text_cache["tokenizer"]
 
 
@@ -316,8 +361,29 @@ def encode_texts(path: str, texts: list[str]) -> list:
     return out
 
 
+_speech_cache: dict = {}
+
+
 def load_speech_model(path: str):
-    """wav2vec2 (file or Hugging Face folder) on the text-encoder device (it is small)."""
+    """wav2vec2 (file or Hugging Face folder) on the text-encoder device (it is small), kept between
+    runs (one at a time; reloaded when the file or folder content's mtime/size changes)."""
     from .speech import load_wav2vec
     device, _ = text_encoder_devices()
-    return load_wav2vec(path, device=device)
+    key = file_key(path)
+    if _speech_cache.get("key", (None,))[0] != key:
+        _speech_cache.clear()
+        _speech_cache["model"] = load_wav2vec(path, device=device)
+    _speech_cache["key"] = (key, str(device))
+    return _speech_cache["model"].to(device)
+
+
+def release_speech_model() -> None:
+    """After encoding: the cached wav2vec2 goes back to RAM so it holds no GPU memory between runs."""
+    model = _speech_cache.get("model")
+    if model is None:
+        return
+    target = text_encoder_devices()[1]
+    if next(model.parameters()).device != target:
+        model.to(target)
+        _speech_cache["key"] = (_speech_cache["key"][0], str(target))
+        soft_empty_cache()

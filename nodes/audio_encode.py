@@ -1,8 +1,6 @@
 """InfiniteTalk Audio Encode: one or two speakers' audio -> wav2vec2 features at 25 fps + soundtrack."""
 from __future__ import annotations
 
-import numpy as np
-import torch
 from comfy_api.latest import io
 
 from ..loaders import host
@@ -10,22 +8,39 @@ from ..samplers import speech
 from .types import CATEGORY, Audio, input_error
 
 NODE = "InfiniteTalk Audio Encode"
-MIN_SECONDS = 0.2          # shorter than this gives no usable mouth motion
-SILENCE_RMS = 1e-4
 
 
-def _track(audio: dict, name: str, normalize: bool) -> np.ndarray:
-    if not isinstance(audio, dict) or "waveform" not in audio:
+def _waveform(audio, name: str):
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise input_error(NODE, name, "expected an AUDIO (e.g. from Load Audio)")
-    wav = audio["waveform"]
-    rate = int(audio["sample_rate"])
-    if wav.numel() == 0 or wav.shape[-1] / rate < MIN_SECONDS:
-        raise input_error(NODE, name, f"the audio is {wav.shape[-1] / rate:.2f} s long; at least "
-                          f"{MIN_SECONDS} s is needed", "Use a longer clip")
-    if float(wav.float().pow(2).mean().sqrt()) < SILENCE_RMS:
-        raise input_error(NODE, name, "the audio is silent (all samples ~0)",
-                          "Check the file, or that the right channel was picked")
-    return speech.prepare_waveform(wav, rate, normalize_loudness=normalize)
+    return audio["waveform"], int(audio["sample_rate"])
+
+
+def encode(wav2vec_model: str, audio_1, audio_2, mode: str, normalize_loudness: bool):
+    path = host.resolve_model("wav2vec", wav2vec_model)
+    if path is None:
+        raise input_error(NODE, "wav2vec_model", f"'{wav2vec_model}' was not found",
+                          f"Put it in {host.folder_hint('wav2vec')} and refresh the page (R)")
+    names = ["audio_1"] + (["audio_2"] if audio_2 is not None else [])
+    clips = [_waveform(a, n) for a, n in zip((audio_1, audio_2), names)]
+    for i, (wav, rate) in enumerate(clips):      # before loading anything: fail fast on bad audio
+        try:
+            speech.check_waveform(wav, rate, i)
+        except speech.SpeechInputError as err:
+            raise input_error(NODE, names[err.speaker], err.problem, err.fix) from None
+    try:
+        model = host.load_speech_model(path)
+    except ValueError as err:   # LoaderError and the loaders' own errors
+        raise input_error(NODE, "wav2vec_model", str(err)) from None
+    try:
+        return speech.encode_speakers(model, [c[0] for c in clips], [c[1] for c in clips], mode,
+                                      normalize_loudness)
+    except speech.SpeechInputError as err:
+        raise input_error(NODE, names[err.speaker], err.problem, err.fix) from None
+    except ValueError as err:
+        raise input_error(NODE, "audio_1", str(err)) from None
+    finally:
+        host.release_speech_model()
 
 
 class InfiniteTalkAudioEncode(io.ComfyNode):
@@ -41,7 +56,8 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
                 io.Combo.Input("wav2vec_model", options=host.list_models("wav2vec"),
                                tooltip="wav2vec2 (chinese-wav2vec2-base): a Hugging Face folder "
                                        "(config.json + weights) in models/wav2vec2, or a single file in "
-                                       "models/audio_encoders."),
+                                       "models/audio_encoders. Kept in RAM between runs (reloaded "
+                                       "when its files change)."),
                 io.Audio.Input("audio_1", tooltip="Speech of speaker 1 (the only speaker for one person)."),
                 io.Audio.Input("audio_2", optional=True,
                                tooltip="Speech of speaker 2, for two-person videos (needs speaker masks "
@@ -66,24 +82,10 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, wav2vec_model=None, mode="para", normalize_loudness=True, **_):
+        return (host.fingerprint("wav2vec", wav2vec_model), mode, normalize_loudness)
+
+    @classmethod
     def execute(cls, wav2vec_model, audio_1, mode, normalize_loudness, audio_2=None) -> io.NodeOutput:
-        path = host.resolve_model("wav2vec", wav2vec_model)
-        if path is None:
-            raise input_error(NODE, "wav2vec_model", f"'{wav2vec_model}' was not found",
-                              f"Put it in {host.folder_hint('wav2vec')} and refresh the page (R)")
-        tracks = [_track(audio_1, "audio_1", normalize_loudness)]
-        if audio_2 is not None:
-            tracks = list(speech.two_speaker_tracks(tracks[0], _track(audio_2, "audio_2",
-                                                                       normalize_loudness), mode))
-        try:
-            model = host.load_speech_model(path)
-        except ValueError as err:   # LoaderError and the loaders' own errors
-            raise input_error(NODE, "wav2vec_model", str(err)) from None
-        feats = [speech.embed_waveform(model, t).cpu() for t in tracks]
-        frames = min(f.shape[0] for f in feats)
-        embeds = torch.stack([f[:frames] for f in feats])            # [S, T, 12, 768]
-        soundtrack = torch.from_numpy(speech.mix_tracks(tracks))
-        out = {"embeddings": embeds, "soundtrack": soundtrack, "sample_rate": speech.SAMPLE_RATE,
-               "frames": frames, "speakers": len(tracks), "mode": mode}
-        audio = {"waveform": soundtrack[None, None].float(), "sample_rate": speech.SAMPLE_RATE}
-        return io.NodeOutput(out, audio, frames)
+        feats = encode(wav2vec_model, audio_1, audio_2, mode, normalize_loudness)
+        return io.NodeOutput(feats, feats.as_audio(), feats.frames)

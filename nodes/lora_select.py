@@ -38,6 +38,10 @@ class InfiniteTalkLoraSelect(io.ComfyNode):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, lora=None, **_):
+        return host.fingerprint("loras", lora)
+
+    @classmethod
     def execute(cls, lora, strength, prev_lora=None) -> io.NodeOutput:
         path = host.resolve_model("loras", lora)
         if path is None:

@@ -51,8 +51,14 @@ class InfiniteTalkModelLoader(io.ComfyNode):
                            tooltip="LoRAs from InfiniteTalk LoRA nodes (e.g. FusionX / lightx2v for the "
                                    "fast mode), merged into the weights at load time."),
                 io.Float.Input("memory_budget_gb", default=0.0, min=0.0, max=1024.0, step=0.5,
-                               tooltip="GPU memory the DiT weights may use, in GiB. 0 = let ComfyUI "
-                                       "decide (it offloads what does not fit).", **adv()),
+                               tooltip="A check, not a streaming setting. The DiT is always loaded "
+                                       "whole onto the GPU for sampling (ComfyUI first unloads other "
+                                       "models to make room) and moved back to RAM when other models "
+                                       "need the GPU or after 5 idle minutes. 0 = no check. Above 0: "
+                                       "this node stops with an error when the DiT's weights (after "
+                                       "the precision choice; int8/fp8 files count 1 byte a weight) "
+                                       "need more GiB than this. Ignored when ComfyUI runs on the CPU.",
+                               **adv()),
             ],
             outputs=[Model.Output(display_name="model"), io.String.Output(display_name="info")],
         )
@@ -67,6 +73,12 @@ class InfiniteTalkModelLoader(io.ComfyNode):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, model=None, audio_adapter="none", **_):
+        """Reload when a weight file changes on disk, not only when the choice changes."""
+        return (host.fingerprint("diffusion_models", model),
+                host.fingerprint("audio_adapter", audio_adapter))
+
+    @classmethod
     def execute(cls, model, audio_adapter, family, precision, lora=None,
                 memory_budget_gb=0.0) -> io.NodeOutput:
         model_path = _model_choice("diffusion_models", model, "model")
@@ -74,6 +86,9 @@ class InfiniteTalkModelLoader(io.ComfyNode):
         try:
             loaded = host.load_model(model_path, adapter_path, family, precision, lora or (),
                                      memory_budget_gb)
+        except host.BudgetError as err:
+            raise input_error(NODE, "memory_budget_gb", str(err),
+                              "Raise memory_budget_gb, set it to 0, or pick an int8/fp8 model file") from None
         except ValueError as err:   # LoaderError and the loaders' own errors
             raise input_error(NODE, "audio_adapter" if adapter_path and "adapter" in str(err).lower()
                               else "model", str(err)) from None

@@ -21,12 +21,16 @@ class InfiniteTalkTextEncode(io.ComfyNode):
             display_name=NODE,
             category=CATEGORY,
             description="Encodes the prompt and the negative prompt with umT5-XXL. The encoder stays "
-                        "cached between runs and runs on the CPU when the GPU has no room for it.",
+                        "in RAM between runs (one at a time; reloaded when its file changes) and runs "
+                        "on the GPU only when 1.2x its size is free there at that moment, else on the "
+                        "CPU (slower, no GPU memory). It is moved back to RAM right after encoding.",
             inputs=[
                 io.Combo.Input("t5_model", options=host.list_models("text_encoders"),
                                tooltip="umT5-XXL encoder from models/text_encoders: the official "
                                        "models_t5_umt5-xxl-enc-bf16.pth, a .safetensors repack, or a "
-                                       "quanto int8/fp8 file. Its tokenizer files must lie beside it."),
+                                       "quanto int8/fp8 file. Its tokenizer files must lie beside it. "
+                                       "Kept in RAM between runs; runs on the CPU when the GPU has "
+                                       "no room for it."),
                 io.String.Input("prompt", multiline=True, default="A person is talking.",
                                 tooltip="What the video shows: the person, the scene, the camera."),
                 io.String.Input("negative_prompt", multiline=True, default=DEFAULT_NEGATIVE,
@@ -41,6 +45,10 @@ class InfiniteTalkTextEncode(io.ComfyNode):
         if host.resolve_model("text_encoders", t5_model) is None:
             return f"{NODE}: t5_model file '{t5_model}' not found in {host.folder_hint('text_encoders')}"
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, t5_model=None, prompt="", negative_prompt="", **_):
+        return (host.fingerprint("text_encoders", t5_model), prompt, negative_prompt)
 
     @classmethod
     def execute(cls, t5_model, prompt, negative_prompt) -> io.NodeOutput:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -166,3 +167,80 @@ def window_audio(embeddings: torch.Tensor, start: int, clip_len: int, window: in
     """[S, T, layers, hidden] per-speaker features -> [S, clip_len, window, layers, hidden]."""
     idx = window_indices(start, clip_len, embeddings.shape[1], window).to(embeddings.device)
     return embeddings[:, idx]
+
+
+# ------------------------------------------------------------------------------ one or two speakers
+MIN_SECONDS = 0.2          # shorter than this gives no usable mouth motion (5 video frames)
+SILENCE_RMS = 1e-4         # on the [-1, 1] scale; below this the clip is treated as silent
+MODES = ("para", "add")
+
+
+class SpeechInputError(ValueError):
+    """A speaker's audio cannot be used; ``speaker`` is 0 or 1 (which input to blame)."""
+
+    def __init__(self, speaker: int, problem: str, fix: str):
+        self.speaker, self.problem, self.fix = speaker, problem, fix
+        super().__init__(f"speaker {speaker + 1}: {problem}. {fix}")
+
+
+@dataclass(frozen=True)
+class SpeechFeatures:
+    """What the sampler needs from the audio (the INFINITETALK_AUDIO value).
+
+    embeddings [N, F, 12, 768] float32 CPU (N speakers, F video frames at 25 fps); soundtrack: the
+    mono 16 kHz mix [S] that goes into the video; frames = F."""
+    embeddings: torch.Tensor
+    soundtrack: torch.Tensor
+    sample_rate: int
+    frames: int
+    speakers: int
+    mode: str
+
+    def __getitem__(self, key: str):            # dict-style access (older graphs, the sampler)
+        return getattr(self, key)
+
+    def as_audio(self) -> dict:
+        """The soundtrack as the host's AUDIO: {"waveform": [1, 1, S], "sample_rate"}."""
+        return {"waveform": self.soundtrack[None, None].float(), "sample_rate": self.sample_rate}
+
+
+def check_waveform(waveform, sample_rate: int, speaker: int = 0) -> None:
+    """Refuse clips that are too short for one usable stretch of video or that are silent."""
+    wav = waveform if isinstance(waveform, torch.Tensor) else torch.as_tensor(np.asarray(waveform))
+    rate = int(sample_rate)
+    if rate <= 0:
+        raise SpeechInputError(speaker, f"invalid sample rate {rate}", "Load the audio with Load Audio")
+    seconds = wav.shape[-1] / rate if wav.numel() else 0.0
+    if seconds < MIN_SECONDS:
+        raise SpeechInputError(speaker, f"the audio is {seconds:.2f} s long; at least {MIN_SECONDS} s "
+                               "is needed", "Use a longer clip")
+    if float(wav.float().pow(2).mean().sqrt()) < SILENCE_RMS:
+        raise SpeechInputError(speaker, "the audio is silent (all samples ~0)",
+                               "Check the file, or that the right channel was picked")
+
+
+def encode_speakers(model, waveforms: list, sample_rates: list[int], mode: str = "para",
+                    normalize_loudness: bool = True) -> SpeechFeatures:
+    """One or two speakers' waveforms (any rate / channels) -> ``SpeechFeatures``.
+
+    Each track: mono, 16 kHz, -23 LUFS (when asked). Two speakers: ``para`` plays both at once
+    (shorter one zero-padded), ``add`` puts speaker 1 first, then speaker 2 (each silent while the
+    other talks). F = int(samples / 16000 * 25) of the (equal-length) tracks, so the video is as
+    long as the soundtrack."""
+    if not 1 <= len(waveforms) <= 2 or len(waveforms) != len(sample_rates):
+        raise ValueError(f"encode_speakers: one or two waveforms with their sample rates, got "
+                         f"{len(waveforms)} waveforms and {len(sample_rates)} rates")
+    if len(waveforms) == 2 and mode not in MODES:
+        raise ValueError(f"audio: unknown two-speaker mode {mode!r}; use 'para' (simultaneous) or "
+                         "'add' (in turn)")
+    for i, (wav, rate) in enumerate(zip(waveforms, sample_rates)):
+        check_waveform(wav, rate, i)
+    tracks = [prepare_waveform(w, r, normalize_loudness) for w, r in zip(waveforms, sample_rates)]
+    if len(tracks) == 2:
+        tracks = list(two_speaker_tracks(tracks[0], tracks[1], mode))
+    feats = [embed_waveform(model, t).cpu() for t in tracks]
+    frames = min(f.shape[0] for f in feats)
+    embeddings = torch.stack([f[:frames] for f in feats])            # [N, F, 12, 768]
+    soundtrack = torch.from_numpy(mix_tracks(tracks))
+    log.info("audio: %d speaker(s), %d frames (%.2f s at %d fps)", len(tracks), frames, frames / FPS, FPS)
+    return SpeechFeatures(embeddings, soundtrack, SAMPLE_RATE, frames, len(tracks), mode)

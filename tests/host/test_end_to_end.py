@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import sys
 import threading
 import time
@@ -217,6 +218,27 @@ def test_host_releases_our_model_and_same_seed_same_frames(host, first_run):
     second_path = _video_path(host, again)
     assert second_path != _video_path(host, first_run["outputs"])
     np.testing.assert_array_equal(_decode(second_path), first)
+
+
+def test_models_are_cached_between_runs_and_reloaded_when_the_file_changes(host, e2e, first_run):
+    log_text = host.log_text()
+    assert log_text.count("umT5: loaded") == 1          # kept by the pack across prompts and /free
+    assert log_text.count("wav2vec2: loaded") == 1
+    graph = {"5": build_prompt(e2e["model"], e2e["adapter"])["5"],
+             "10": build_prompt(e2e["model"], e2e["adapter"])["10"],
+             "11": {"class_type": "PreviewAny", "inputs": {"source": ["5", 1]}}}
+    graph["5"]["inputs"]["memory_budget_gb"] = 0.5     # a new graph: runs once...
+    loads = lambda: host.log_text().count("InfiniteTalk: loaded ")   # noqa: E731
+    before = loads()
+    host.run(graph, timeout=120)
+    assert loads() == before + 1
+    host.run(graph, timeout=120)                        # ...then comes from the host's cache
+    assert loads() == before + 1
+    adapter = host.models_dir / "infinitetalk" / e2e["adapter"]
+    stat = adapter.stat()
+    os.utime(adapter, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    host.run(graph, timeout=120)                        # the file changed: loaded again
+    assert loads() == before + 2
 
 
 def test_interrupt_mid_sampling_leaves_no_partial_output(host, e2e, first_run):
