@@ -7,7 +7,10 @@ Measures, in one process: the bf16 (and fp8 / int8) matmul rate, the SDPA kernel
 shape (the fastest is selected for the runs), the golden parity of every fast path on the device,
 then one forward (CUDA events, median of --reps after a warm-up that includes compilation) for
 bf16 480p 1 and 2 speakers, 720p, bf16 block streaming under 16 / 8 GiB memory caps, and the fp8 /
-int8 (official quanto layout) models. Prints a table; FLOPs are counted by bench_lib.dit_flops.
+int8 (official quanto layout) models. Also (bench/passes_bench.py): the two-speaker routing map of
+one block alone (fused kernel vs the fp32 reference), cond + drop_text as one B=2 forward
+(``bf16_480p_1spk_b2``) and the per-step times of 3- and 2-pass guidance derived from the forwards.
+Prints a table; FLOPs are counted by bench_lib.dit_flops.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_lib as bl  # noqa: E402
 import golden_check as gc_check  # noqa: E402
+import passes_bench as pb  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LATENT_480P, LATENT_720P = (21, 60, 104), (21, 90, 160)
@@ -164,6 +168,8 @@ def run(args) -> dict:
             print(f"  matmul: bf16 {res['matmul_tflops']:.0f} TFLOP/s, fp8 {res['fp8_matmul_tflops'] or 0:.0f}, "
                   f"int8 {res['int8_matmul_tops'] or 0:.0f} TOP/s", flush=True)
             _guard(res, "attention", lambda: _attention_kernels(res, 3))
+            if "routing_map" not in args.skip:
+                _guard(res, "routing_map", lambda: pb.routing_map_part(res, reps, device))
         if not args.skip_golden:
             _guard(res, "golden", lambda: _golden(res, device, dtype, compiled=not smoke and not args.eager))
         fp8_rate = res.get("fp8_matmul_tflops")
@@ -180,6 +186,8 @@ def run(args) -> dict:
             if key in args.skip:
                 continue
             _guard(res, key, lambda: _forward(res, key, model, cfg, lat, spk, dtype, reps, device))
+            if key == "bf16_480p_1spk" and not smoke and "bf16_480p_1spk_b2" not in args.skip:
+                _guard(res, "bf16_480p_1spk_b2", lambda: pb.batched_part(res, model, cfg, lat480, reps, device, dtype))
         if not smoke and args.stream_caps:
             _guard(res, "streaming", lambda: _streaming(res, model, cfg, reps, device, args.stream_caps))
         del model
@@ -198,6 +206,7 @@ def run(args) -> dict:
                     bl.compile_blocks(model)
                 _forward(res, key, model, cfg, lat480, 1, dtype, reps, device, flops_rate=rate)
             _guard(res, key, quant_part)
+    pb.step_times(res)
     return res
 
 
@@ -210,6 +219,14 @@ def _table(res: dict) -> str:
     for name, r in res["golden"].items():
         r = r.get("fast", r)
         lines.append(f"golden {name:27s} max_abs {r['max_abs']:.3g} rel_l2 {r['rel_l2']:.3g} pass={r['pass']}")
+    r = res.get("routing_map")
+    if r:
+        lines.append(f"routing map per forward: fused {r['fused_s_per_forward']:.3f} s, fp32 reference "
+                     f"{r['reference_s_per_forward']:.3f} s, max |dmap| {r['max_abs_map_diff']:.2e}, "
+                     f"flips {r['argmax_flips']}, path {r['path']['last_path']}")
+    for key, st in res.get("steps", {}).items():
+        lines.append(f"step {key:29s} 3-pass {st['step_3pass_s']:.2f} s (unbatched {st['step_3pass_unbatched_s']:.2f}),"
+                     f" 2-pass {st['step_2pass_s']:.2f} s")
     for name, err in res.get("errors", {}).items():
         lines.append(f"ERROR {name}: {err[:160]}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from torch import nn
 from .attention import attention
 from .ops import TorchOps
 from .rope import apply_rope_1d
+from .routing_kernel import routing_class_probs
 
 # Routing ranges of the reference (class_range 24, class_interval 4): speaker 1 -> [0, 4],
 # speaker 2 -> [20, 24], background -> 12; audio keys sit at each speaker's range centre.
@@ -108,11 +109,19 @@ def routing_map(q: torch.Tensor, k: torch.Tensor, class_masks: torch.Tensor, fra
     the two group maps are averaged. Computed in fp32: top1−top2 margins can be ~1e-6. Heads go in
     chunks (batched matmuls, [B, h, L, S] probabilities bounded by ROUTING_CHUNK_ELEMENTS) instead of
     one by one: same fp32 math, far fewer and larger kernels.
+
+    CUDA bf16/fp16 q/k go through the fused kernel of routing_kernel.py instead (scores from the
+    bf16 values with fp32 accumulation, online fp32 softmax and class sums, no [L, S] tensor in
+    memory); the CPU and fp32 inputs keep this exact fp32 path (the golden tests).
     """
     b, seq, heads, d = q.shape
     group = heads // 2
     masks = class_masks.to(device=q.device, dtype=torch.float32)  # [3, S]
     per_key = (masks / masks.sum(-1, keepdim=True)).t()  # [S, 3]: mean over each class's keys
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        per_head = routing_class_probs(q, k[:, :frame_tokens], per_key)  # [B, H, L, 3]
+        groups = per_head[:, : 2 * group].unflatten(1, (2, group)).sum(2) / group  # [B, 2, L, 3]
+        return ((groups[:, 0] + groups[:, 1]) / 2).transpose(1, 2)  # [B, 3, L]
     chunk = max(1, min(group, ROUTING_CHUNK_ELEMENTS // max(1, b * seq * frame_tokens)))
     total = None
     for g in range(2):
