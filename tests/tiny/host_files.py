@@ -311,6 +311,8 @@ def copy_demo_inputs(input_dir: str | os.PathLike) -> list[str]:
 WORKFLOWS_API = REPO / "workflows_api"
 # Sampler settings that make a tiny run cheap on 2 CPU cores (one 81-frame window ~20 s at 32x32).
 TINY_SAMPLER = {"steps": 2, "resolution": "custom", "width": 32, "height": 32, "max_frames": 81}
+FAST_MIN_STEPS = 4
+TWO_SPEAKER_MIN_WIDTH = 64
 
 
 def load_api_workflow(name: str) -> dict:
@@ -337,6 +339,11 @@ def tiny_graph(graph: dict, sampler: dict | None = None, inputs: dict | None = N
         values = node["inputs"]
         if node["class_type"] == "InfiniteTalkSampler":
             values.update(sampler)
+            if values.get("mode") == "fast":        # the fast preset accepts 4..8 steps only
+                values["steps"] = max(values["steps"], FAST_MIN_STEPS)
+            if "masks" in values and values.get("resolution") == "custom":
+                # two speakers need each half of the frame to cover whole 16-pixel tokens
+                values["width"] = max(values["width"], TWO_SPEAKER_MIN_WIDTH)
         for key, value in list(values.items()):
             if isinstance(value, str):
                 if key in ("image", "audio", "file") and value in inputs:
