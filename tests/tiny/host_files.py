@@ -13,6 +13,12 @@ script exercise the real `VAELoader` / `CLIPVisionLoader`:
   directory and reused.
 
 Weights are random but scaled (fan-in normal, unit norms) so activations stay finite.
+
+Measured through the host's own VAE / CLIP-vision objects (ComfyUI 0.3.75, 2 CPU cores, inference
+mode): VAE dim=1 encode/decode of 17 frames at 64x64 2.1 s / 1.4 s, at 128x128 2.3 s / 3.6 s, 5 frames
+at 256x256 2.6 s / 3.3 s (dim=4: 1.4/3.0, 6.5/10.7, 5.4/4.9 s). CLIP-H: generated in ~10 s, first
+encode of one image ~12 s (weights paged in and cast), then ~4.5 s. One bundled workflow at 32x32,
+one 81-frame window, 2 steps: ~25 s on the host.
 Standard library + torch + safetensors only; no ComfyUI import.
 """
 from __future__ import annotations
