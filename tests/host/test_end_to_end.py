@@ -100,6 +100,9 @@ def build_prompt(model: str, adapter: str, *, seed: int = 7, steps: int = 1,
         "9": {"class_type": "InfiniteTalkVideoCombine",
               "inputs": {"video": ["8", 0], "frame_rate": 25.0, "quality": 19,
                          "filename_prefix": prefix}},
+        "12": {"class_type": "InfiniteTalkVideoCombine",        # the IMAGE + AUDIO route
+               "inputs": {"images": ["8", 1], "audio": ["7", 1], "frame_rate": 25.0, "quality": 23,
+                          "filename_prefix": prefix + "_images"}},
     }
 
 
@@ -151,8 +154,8 @@ def e2e(host):
     return names
 
 
-def _video_path(host, outputs: dict) -> Path:
-    saved = outputs["9"]["images"][0]                 # ui.PreviewVideo -> "images" entries
+def _video_path(host, outputs: dict, node: str = "9") -> Path:
+    saved = outputs[node]["images"][0]                 # ui.PreviewVideo -> "images" entries
     return host.output_dir / saved["subfolder"] / saved["filename"]
 
 
@@ -192,6 +195,8 @@ def test_mp4_has_h264_aac_and_the_audio_length(host, first_run):
     assert (info["video"]["width"], info["video"]["height"]) == (64, 64)
     assert info["audio"]["duration"] == pytest.approx(AUDIO_SECONDS, abs=0.1)
     assert not list(path.parent.glob(".*.part"))       # no temp leftovers beside it
+    from_images = probe(_video_path(host, first_run["outputs"], "12"))
+    assert from_images["video"]["frames"] == FRAMES and from_images["audio"]["codec"] == "aac"
 
 
 def test_progress_covers_every_step_of_every_window(first_run):
@@ -201,7 +206,7 @@ def test_progress_covers_every_step_of_every_window(first_run):
     assert {p["max"] for p in progress} == {2}         # 2 windows x 1 step
     assert [p["value"] for p in progress][-1] == 2
     executed = {m.get("node") for m in first_run["ws"].of("executing", first_run["prompt_id"])}
-    assert {"5", "6", "7", "8", "9"} <= executed
+    assert {"5", "6", "7", "8", "9", "12"} <= executed
 
 
 def test_host_releases_our_model_and_same_seed_same_frames(host, first_run):
