@@ -222,8 +222,11 @@ class _Source:
 
 
 def _condition(window: Window, plan: WindowPlan, source: _Source, history: torch.Tensor | None,
-               vae_encode, clip_encode) -> tuple[torch.Tensor, torch.Tensor, Context]:
-    """(y [1,20,T,h,w], clip_fea, context) of a window, fp32 - the i2v keyframe or MultiTalk's motion video."""
+               vae_encode, clip_encode, keyframes: dict) -> tuple[torch.Tensor, torch.Tensor, Context]:
+    """(y [1,20,T,h,w], clip_fea, context) of a window, fp32 - the i2v keyframe or MultiTalk's motion video.
+
+    ``keyframes`` memoises (y, clip_fea) per reference frame: a still image gives the same keyframe to
+    every window, so its 81-frame VAE encode and CLIP encode run once, not once per window."""
     lat_h, lat_w = source.height // 8, source.width // 8
     if plan.family == "multitalk" and window.index > 0:
         motion = history[-plan.motion_frames:]
@@ -233,9 +236,13 @@ def _condition(window: Window, plan: WindowPlan, source: _Source, history: torch
         ctx = Context(latent[:, :latent_frames(plan.motion_frames)], "renoise")
         return build_y(latent, mask), clip_fea, ctx
     keyframe = source.frame(window.reference_frame)
-    clip_fea = clip_encode(keyframe)
-    latent = vae_encode(padded_clip(keyframe[None], plan.frame_num)).float()
-    y = build_y(latent, frame_mask(plan.frame_num, lat_h, lat_w, known_frames=1))
+    key = "still" if source.still else window.reference_frame
+    if key not in keyframes:
+        latent = vae_encode(padded_clip(keyframe[None], plan.frame_num)).float()
+        keyframes.clear()  # a video's keyframes never repeat: keep one entry
+        keyframes[key] = (build_y(latent, frame_mask(plan.frame_num, lat_h, lat_w, known_frames=1)),
+                          clip_encode(keyframe))
+    y, clip_fea = keyframes[key]
     if plan.family == "multitalk":
         return y, clip_fea, Context()
     pinned = vae_encode(keyframe[None]) if window.index == 0 else vae_encode(history[-plan.motion_frames:])
@@ -275,7 +282,7 @@ def generate(dit: Callable, vae_encode: Callable, vae_decode: Callable, clip_enc
     cache = (StepCache(dit, settings.steps, settings.cache_threshold, settings.resolution)
              if settings.cache_threshold > 0 else None)
     total, done, emitted = len(plan) * settings.steps, 0, 0
-    history = None
+    history, keyframes = None, {}
     log.info("generating %d frames at %dx%d in %d windows (%d steps each)", plan.total_frames, source.width,
              source.height, len(plan), settings.steps)
 
@@ -287,7 +294,7 @@ def generate(dit: Callable, vae_encode: Callable, vae_decode: Callable, clip_enc
 
     for window in plan.windows:
         _stop_if_asked(should_stop)
-        y, clip_fea, ctx = _condition(window, plan, source, history, vae_encode, clip_encode)
+        y, clip_fea, ctx = _condition(window, plan, source, history, vae_encode, clip_encode, keyframes)
         audio = window_audio(embeds, window.start, plan.frame_num, window.audio_length)
         inputs = _window_inputs(y, clip_fea, context, context_null, audio, route, settings.device, dtype)
         noise = torch.randn((16,) + tuple(y.shape[2:]), generator=rng, dtype=torch.float32)
