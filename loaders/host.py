@@ -9,6 +9,9 @@
 * ``wrap_model(module, ...)`` puts our ``nn.Module`` into ``comfy.model_patcher.ModelPatcher`` so the
   host's memory manager loads and offloads it with everything else; ``load_for_sampling`` loads it
   through ``load_models_gpu`` and (re)arms the idle-unload timer.
+* ``memory_budget_gb`` > 0 and a DiT larger than that (on CUDA): ``StreamingPatcher`` — the host
+  sees a model the size of its GPU part + two block slots; loading streams the blocks
+  (``loaders/streaming.py``), unloading gives every GPU byte back and keeps the model in RAM.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from pathlib import Path
 import folder_paths
 import comfy.model_management as mm
 import comfy.model_patcher
+
+from .streaming import StreamedDiT, choose_placement, weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -161,26 +166,77 @@ class HostModel:
     dtype: object = None
     memory_budget_gb: float = 0.0
     source: str = ""
+    streaming: bool = False          # blocks streamed from pinned RAM (StreamingPatcher)
 
     @property
     def module(self):
         return self.patcher.model
 
 
-def wrap_model(module, family: str, dtype, memory_budget_gb: float = 0.0, source: str = "") -> HostModel:
+class StreamingPatcher(comfy.model_patcher.ModelPatcher):
+    """The DiT with its blocks streamed from pinned RAM, as the host's memory manager sees it.
+
+    ``model_size()`` is the GPU footprint of streaming (non-block weights + two block slots), so
+    ``load_models_gpu`` frees that much (plus its inference reserve) by unloading other models.
+    ``partially_load`` (what ``load_models_gpu`` calls) puts the non-block part on the GPU and arms
+    the streamer; there is no partial unload (all or nothing: the host then detaches us), and
+    ``unpatch_model`` (detach: idle timer, /free, interrupt, another model needing VRAM) frees the
+    slots and leaves a working model in RAM. LoRAs are merged at load time: no weight patches.
+    """
+
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False,
+                 make_streamer=None):
+        super().__init__(model, load_device, offload_device, size, weight_inplace_update)
+        self.streamed = StreamedDiT(model, offload_device, make_streamer)
+
+    def clone(self):
+        n = super().clone()
+        n.streamed = self.streamed       # one streaming state per module
+        return n
+
+    def model_size(self):
+        return self.streamed.gpu_bytes()
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        if self.streamed.loaded:
+            return 0
+        self.streamed.load(device_to)
+        self.model.device = device_to
+        self.model.model_lowvram = False
+        self.model.model_loaded_weight_memory = self.model_size()
+        self.model.current_weight_patches_uuid = self.patches_uuid
+        log.info("InfiniteTalk: DiT loaded with streamed blocks (%.2f GiB on %s)",
+                 self.model_size() / 2**30, device_to)
+        return self.model_size()
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+        return 0                         # nothing partial: the host detaches the whole model
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights and self.streamed.loaded:
+            self.streamed.offload()
+            log.info("InfiniteTalk: streamed DiT moved out of VRAM (blocks stay in pinned RAM)")
+        super().unpatch_model(device_to, unpatch_weights)
+
+
+def wrap_model(module, family: str, dtype, memory_budget_gb: float = 0.0, source: str = "",
+               streaming: bool = False, make_streamer=None) -> HostModel:
     """Hand our DiT to the host's memory manager (loaded on the torch device, offloaded to the
-    unet offload device, like every other diffusion model)."""
+    unet offload device, like every other diffusion model); ``streaming``: a StreamingPatcher."""
     module.eval()
     if not hasattr(module, "get_dtype"):
         module.get_dtype = lambda: dtype           # ModelPatcher.model_dtype() asks for it
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=torch_device(),
-                                               offload_device=offload_device())
+    if streaming:
+        patcher = StreamingPatcher(module, torch_device(), offload_device(), make_streamer=make_streamer)
+    else:
+        patcher = comfy.model_patcher.ModelPatcher(module, load_device=torch_device(),
+                                                   offload_device=offload_device())
     # One line when the weights are really gone (the host dropped its cache and its model list);
     # tests rely on it to prove nothing of ours keeps the 14B model alive.
     weakref.finalize(module, log.info, "InfiniteTalk: DiT released (%s)",
                      os.path.basename(source) or "model")
     return HostModel(patcher, family, dict(getattr(module, "config", {}) or {}), dtype,
-                     float(memory_budget_gb), source)
+                     float(memory_budget_gb), source, streaming)
 
 
 _lock = threading.RLock()
@@ -196,12 +252,13 @@ def idle_unload_seconds() -> float:
 
 
 def load_for_sampling(model: HostModel):
-    """Load the whole DiT through the host (``load_models_gpu``) and return the module ready to run.
+    """Load the DiT through the host (``load_models_gpu``) and return the module ready to run.
 
-    Always a full load: our layers are plain torch layers, which the host cannot run partly offloaded
-    (a partial load would leave some weights on the CPU). The host first unloads other models (VAE,
-    CLIP, text encoders, other diffusion models) to make room; if the DiT still does not fit, the
-    device runs out of memory. ``memory_budget_gb`` was checked when the model was loaded.
+    Whole (memory_budget_gb 0 or not exceeded): a full load, because our layers are plain torch
+    layers, which the host cannot run partly offloaded. Streamed: the host frees the GPU part + two
+    block slots (``StreamingPatcher.model_size``) and our ``partially_load`` arms the streamer.
+    Either way the host first unloads other models (VAE, CLIP, text encoders, other diffusion
+    models) to make room.
     """
     with _lock:
         _cancel_timer(model)
@@ -260,27 +317,27 @@ def unload(model: HostModel) -> None:
 
 
 # ------------------------------------------------------------------------- model loading glue
-class BudgetError(ValueError):
-    """The DiT's weights are larger than the memory_budget_gb the user set."""
-
-
 def model_bytes(module) -> int:
     """Bytes of the module's parameters and buffers as they are stored (int8/fp8 stay 1 byte)."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return weight_bytes(module)
 
 
-def check_budget(module, memory_budget_gb: float) -> None:
-    """``memory_budget_gb`` > 0: refuse a DiT whose weights do not fit that many GiB of GPU memory."""
-    if memory_budget_gb <= 0:
-        return
-    if mm.is_device_cpu(torch_device()):
-        log.info("InfiniteTalk: memory_budget_gb is ignored when ComfyUI runs on the CPU")
-        return
-    size = model_bytes(module) / 2**30
-    if size > memory_budget_gb:
-        raise BudgetError(f"the DiT weights need {size:.1f} GiB, more than the {memory_budget_gb:g} GiB "
-                          f"budget (the pack loads the DiT whole, it does not stream it)")
+_cpu_budget_logged = False
+
+
+def plan_placement(module, memory_budget_gb: float):
+    """Whole or streamed (``loaders.streaming.choose_placement`` on the host's device), logged; the
+    'ignored on the CPU' line only once per process."""
+    global _cpu_budget_logged
+    device = torch_device()
+    plan = choose_placement(model_bytes(module), memory_budget_gb, getattr(device, "type", str(device)))
+    if memory_budget_gb > 0 and mm.is_device_cpu(device):
+        if not _cpu_budget_logged:
+            log.info("InfiniteTalk: %s", plan.reason)
+            _cpu_budget_logged = True
+    elif memory_budget_gb > 0:
+        log.info("InfiniteTalk: %s", plan.reason)
+    return plan
 
 
 def load_model(model_path: str, adapter_path: str | None, family: str, precision: str,
@@ -290,11 +347,16 @@ def load_model(model_path: str, adapter_path: str | None, family: str, precision
     dtype = pick_dtype(precision, torch_device())
     module = load_dit(model_path, adapter_path=adapter_path, loras=tuple(loras or ()), dtype=dtype,
                       device=offload_device())
-    check_budget(module, memory_budget_gb)
+    plan = plan_placement(module, memory_budget_gb)
     log.info("InfiniteTalk: loaded %s as %s (%s, %.2f GiB)%s", os.path.basename(model_path), family,
              dtype, model_bytes(module) / 2**30,
              f" with adapter {os.path.basename(adapter_path)}" if adapter_path else "")
-    return wrap_model(module, family, dtype, memory_budget_gb, source=model_path)
+    loaded = wrap_model(module, family, dtype, memory_budget_gb, source=model_path, streaming=plan.stream)
+    if plan.stream and loaded.patcher.model_size() > memory_budget_gb * 2**30:
+        log.warning("InfiniteTalk: even with streamed blocks the DiT needs %.2f GiB of VRAM (non-block "
+                    "weights + two block slots), more than memory_budget_gb = %g",
+                    loaded.patcher.model_size() / 2**30, memory_budget_gb)
+    return loaded
 
 
 def file_key(path: str) -> tuple:
@@ -322,7 +384,7 @@ _text_cache: dict = {}
 
 
 def _fits(module, device) -> bool:
-    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    size = model_bytes(module)          # buffers too: quantized umT5 weights are buffers
     if mm.is_device_cpu(device):
         return True
     return free_memory_on(device) > size * 1.2

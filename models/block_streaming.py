@@ -128,3 +128,42 @@ class BlockStreamer:
                     else:
                         module._buffers[name] = t
         self.slots, self.views, self.host = [], [], []
+
+    # ------------------------------------------------------------------ offload / reload (host adapter)
+    def offload(self) -> None:
+        """Give the GPU slots back but keep the model usable: every parameter and buffer is re-pointed
+        at its pinned host copy (a CPU tensor), the hooks are removed; ``reload()`` undoes it.
+        The pinned copies stay, so a later reload costs no packing."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        if not self.slots:
+            return
+        torch.cuda.synchronize(self.device)  # no copy or block may still use a slot
+        with torch.inference_mode(False), torch.no_grad():
+            for i in range(len(self.blocks)):
+                for module, kind, name, off, nbytes, dtype, shape in self.entries[i]:
+                    t = self.host[i][off:off + nbytes].view(dtype).view(shape)
+                    if kind == "_parameters":
+                        module._parameters[name].data = t
+                    else:
+                        module._buffers[name] = t
+        self.slots, self.views = [], []
+        self.copied, self.released = {}, [None, None]
+        torch.cuda.empty_cache()
+
+    def reload(self) -> None:
+        """After ``offload()``: allocate the two GPU slots again, bind the blocks to them and re-arm
+        the prefetch hooks (no-op while loaded)."""
+        if self.slots:
+            return
+        size = max(h.numel() for h in self.host)
+        with torch.inference_mode(False), torch.no_grad():
+            self.slots = [torch.empty(size, dtype=torch.uint8, device=self.device) for _ in range(2)]
+            self.views = [self._views(i) for i in range(len(self.blocks))]
+            for i in range(len(self.blocks)):
+                self._bind(i)
+        self.copied, self.released = {}, [None, None]
+        for i, block in enumerate(self.blocks):
+            self.handles.append(block.register_forward_pre_hook(partial(self._before, i)))
+            self.handles.append(block.register_forward_hook(partial(self._after, i)))

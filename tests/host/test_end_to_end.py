@@ -244,6 +244,9 @@ def test_models_are_cached_between_runs_and_reloaded_when_the_file_changes(host,
     os.utime(adapter, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     host.run(graph, timeout=120)                        # the file changed: loaded again
     assert loads() == before + 2
+    # the host runs with --cpu: memory_budget_gb = 0.5 is ignored (said once), the DiT stays whole
+    assert host.log_text().count("memory_budget_gb is ignored when ComfyUI runs on the CPU") == 1
+    assert "streamed blocks" not in host.log_text()
 
 
 def test_interrupt_mid_sampling_leaves_no_partial_output(host, e2e, first_run):
