@@ -58,6 +58,9 @@ class BlockStreamer:
                     host[off:off + nbytes].copy_(src)
                 self.entries.append(entries)
                 self.host.append(host)
+                # Re-point this block at its pinned copy now, so its original tensors are freed before
+                # the next block is packed: peak RAM stays one copy of the blocks (+ one block).
+                self._bind_host(len(self.host) - 1)
             size = max(h.numel() for h in self.host)
             self.slots = [torch.empty(size, dtype=torch.uint8, device=self.device) for _ in range(2)]
             # Per block: the views of its own slot, made once (normal tensors, usable under inference_mode).
@@ -87,6 +90,15 @@ class BlockStreamer:
                 module._parameters[name].data = view
             else:
                 module._buffers[name] = view
+
+    def _bind_host(self, i: int) -> None:
+        """Point block i's parameters and buffers at their pinned host copies (CPU tensors)."""
+        for module, kind, name, off, nbytes, dtype, shape in self.entries[i]:
+            t = self.host[i][off:off + nbytes].view(dtype).view(shape)
+            if kind == "_parameters":
+                module._parameters[name].data = t
+            else:
+                module._buffers[name] = t
 
     def _prefetch(self, i: int) -> None:
         """Start copying block i into its slot on the side stream (after the slot's last user)."""
@@ -142,12 +154,7 @@ class BlockStreamer:
         torch.cuda.synchronize(self.device)  # no copy or block may still use a slot
         with torch.inference_mode(False), torch.no_grad():
             for i in range(len(self.blocks)):
-                for module, kind, name, off, nbytes, dtype, shape in self.entries[i]:
-                    t = self.host[i][off:off + nbytes].view(dtype).view(shape)
-                    if kind == "_parameters":
-                        module._parameters[name].data = t
-                    else:
-                        module._buffers[name] = t
+                self._bind_host(i)
         self.slots, self.views = [], []
         self.copied, self.released = {}, [None, None]
         torch.cuda.empty_cache()
