@@ -129,17 +129,11 @@ def load_quanto(model: nn.Module, sd: dict, qmap: dict, device, reference=False)
 
 
 def compile_blocks(model: WanModel) -> None:
-    """torch.compile each block's forward (one graph serves all blocks: modules are inlined, params are inputs)."""
-    import torch._dynamo
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 512)
-    for block in model.blocks:
-        block.forward = torch.compile(block.forward, dynamic=False)
+    model.compile_blocks()
 
 
 def uncompile_blocks(model: WanModel) -> None:
-    for block in model.blocks:
-        block.__dict__.pop("forward", None)
+    model.uncompile_blocks()
 
 
 # -- timing --------------------------------------------------------------------------------------

@@ -234,6 +234,20 @@ class WanModel(nn.Module):
                              f"{sorted(DEFAULT_CONFIG)} (the official WanModel constructor kwargs)")
         return cls(**known, operations=operations, device=device, dtype=dtype)
 
+    def compile_blocks(self) -> None:
+        """torch.compile each block's forward; with modules inlined and parameters as graph inputs one
+        graph serves all blocks (4.30 -> 3.14 s per 480p forward on an H100, docs/PERFORMANCE.md)."""
+        import torch._dynamo
+        cfg = torch._dynamo.config
+        cfg.cache_size_limit = max(cfg.cache_size_limit, 64)
+        cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 512)
+        for block in self.blocks:
+            block.forward = torch.compile(block.forward, dynamic=False)
+
+    def uncompile_blocks(self) -> None:
+        for block in self.blocks:
+            block.__dict__.pop("forward", None)
+
     def forward(self, x, t, context, clip_fea, y, audio, ref_target_masks=None):
         """Velocity prediction.
 
