@@ -22,7 +22,7 @@ import comfy.model_patcher
 
 # re-exported: the nodes reach the model folders through this one host module
 from .model_folders import (file_key, fingerprint, folder_hint, list_models,  # noqa: F401
-                            register_folders, resolve_model)
+                            missing_file, register_folders, resolve_model)
 from .streaming import StreamedDiT, choose_placement, weight_bytes
 
 log = logging.getLogger(__name__)

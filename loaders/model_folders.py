@@ -94,6 +94,13 @@ def resolve_model(kind: str, name: str) -> str | None:
     return None
 
 
+def missing_file(node: str, input_name: str, kind: str, name: str) -> str | None:
+    """The node's validation message when the chosen file is in none of the folders, else None."""
+    if resolve_model(kind, name) is not None:
+        return None
+    return f"{node}: {input_name} file '{name}' not found in {folder_hint(kind)}"
+
+
 def folder_hint(kind: str) -> str:
     return " or ".join(f"ComfyUI/models/{n}/" for n in KINDS[kind])
 

@@ -76,10 +76,7 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, wav2vec_model):
-        if host.resolve_model("wav2vec", wav2vec_model) is None:
-            return (f"{NODE}: wav2vec_model '{wav2vec_model}' not found in "
-                    f"{host.folder_hint('wav2vec')}")
-        return True
+        return host.missing_file(NODE, "wav2vec_model", "wav2vec", wav2vec_model) or True
 
     @classmethod
     def fingerprint_inputs(cls, wav2vec_model=None, mode="para", normalize_loudness=True, **_):

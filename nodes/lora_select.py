@@ -33,9 +33,7 @@ class InfiniteTalkLoraSelect(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, lora):
-        if host.resolve_model("loras", lora) is None:
-            return f"{NODE}: lora file '{lora}' not found in {host.folder_hint('loras')}"
-        return True
+        return host.missing_file(NODE, "lora", "loras", lora) or True
 
     @classmethod
     def fingerprint_inputs(cls, lora=None, **_):

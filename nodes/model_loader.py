@@ -67,12 +67,10 @@ class InfiniteTalkModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model, audio_adapter="none"):
-        if host.resolve_model("diffusion_models", model) is None:
-            return f"{NODE}: model file '{model}' not found in {host.folder_hint('diffusion_models')}"
-        if audio_adapter != "none" and host.resolve_model("audio_adapter", audio_adapter) is None:
-            return (f"{NODE}: audio_adapter file '{audio_adapter}' not found in "
-                    f"{host.folder_hint('audio_adapter')}")
-        return True
+        return (host.missing_file(NODE, "model", "diffusion_models", model)
+                or (audio_adapter != "none" and host.missing_file(NODE, "audio_adapter", "audio_adapter",
+                                                                  audio_adapter))
+                or True)
 
     @classmethod
     def fingerprint_inputs(cls, model=None, audio_adapter="none", **_):

@@ -42,9 +42,7 @@ class InfiniteTalkTextEncode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, t5_model):
-        if host.resolve_model("text_encoders", t5_model) is None:
-            return f"{NODE}: t5_model file '{t5_model}' not found in {host.folder_hint('text_encoders')}"
-        return True
+        return host.missing_file(NODE, "t5_model", "text_encoders", t5_model) or True
 
     @classmethod
     def fingerprint_inputs(cls, t5_model=None, prompt="", negative_prompt="", **_):
