@@ -124,6 +124,7 @@ def bench_wav2vec(cfg, device, reps, wav16k) -> dict:
     torch.manual_seed(0)
     with torch.device(device):
         model = Wav2Vec2At25fps(dict(cfg["w2v"])).float().requires_grad_(False)
+    model = model.to(device)  # transformers makes a few tensors on the CPU explicitly
     out = {}
 
     def fn():
@@ -318,7 +319,7 @@ def print_table(res):
     for label, r in rows:
         r = r or {}
         s, p = r.get("s"), r.get("peak_gib")
-        print(f"{label:34} {s if s is None else f'{s:.3f}':>9} {'-' if p is None else f'{p:.1f}':>9}"
+        print(f"{label:34} {'-' if s is None else f'{s:.3f}':>9} {'-' if p is None else f'{p:.1f}':>9}"
               + ("" if s is not None else f"  {r.get('status', '')}"))
     prep = res.get("audio_prep", {})
     print(f"audio CPU: mono+resample {prep.get('mono_resample_s')}  loudness {prep.get('loudness_norm_s')}"
