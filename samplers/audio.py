@@ -14,6 +14,8 @@ WINDOW_OFFSETS = (-2, -1, 0, 1, 2)
 
 def audio_indices(start: int, length: int, available: int) -> torch.Tensor:
     """[length, 5] int64 indices of frames start..start+length-1, offsets -2..+2, clamped to [0, available-1]."""
+    if available < 1:
+        raise ValueError("audio: no audio frames to window")
     centres = torch.arange(start, start + length, dtype=torch.int64)[:, None]
     offsets = torch.tensor(WINDOW_OFFSETS, dtype=torch.int64)[None]
     return (centres + offsets).clamp(0, available - 1)

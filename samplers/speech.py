@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 FPS = 25
 TARGET_LUFS = -23.0
-WINDOW = 5  # audio frames per video frame: offsets -2..+2
 
 
 def to_numpy_audio(waveform) -> np.ndarray:
@@ -151,22 +150,6 @@ def mix_tracks(tracks: list[np.ndarray]) -> np.ndarray:
     for t in tracks:
         out[: t.shape[-1]] += t
     return out
-
-
-def window_indices(start: int, clip_len: int, total_frames: int, window: int = WINDOW) -> torch.Tensor:
-    """[clip_len, window] audio-frame indices: video frame j uses j-2..j+2, clamped to [0, total-1]."""
-    if total_frames < 1:
-        raise ValueError("audio: no audio frames to window")
-    half = window // 2
-    frames = torch.arange(start, start + clip_len)[:, None]
-    offsets = torch.arange(-half, window - half)[None, :]
-    return (frames + offsets).clamp(0, total_frames - 1)
-
-
-def window_audio(embeddings: torch.Tensor, start: int, clip_len: int, window: int = WINDOW) -> torch.Tensor:
-    """[S, T, layers, hidden] per-speaker features -> [S, clip_len, window, layers, hidden]."""
-    idx = window_indices(start, clip_len, embeddings.shape[1], window).to(embeddings.device)
-    return embeddings[:, idx]
 
 
 # ------------------------------------------------------------------------------ one or two speakers

@@ -8,6 +8,7 @@ import torch
 from golden import assert_close, golden_cases
 from infinitetalk.models.wav2vec import Wav2Vec2At25fps
 from infinitetalk.samplers import speech
+from infinitetalk.samplers.audio import audio_indices, window_audio
 
 ATOL = 1e-4
 
@@ -67,7 +68,7 @@ def test_windows(case):
     starts = sorted(int(k[len("window_start"):-len(".indices")]) for k in expected if k.endswith(".indices"))
     assert starts, "fixture has no window cases"
     for s in starts:
-        idx = speech.window_indices(s, clip_len, emb.shape[0])
+        idx = audio_indices(s, clip_len, emb.shape[0])
         assert torch.equal(idx, expected[f"window_start{s}.indices"]), f"indices at start {s}"
-        audio = speech.window_audio(emb[None], s, clip_len)
+        audio = window_audio(emb[None], s, clip_len, emb.shape[0])
         assert_close(audio, expected[f"window_start{s}.audio"], 0.0, f"window audio at start {s}")

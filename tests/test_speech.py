@@ -10,6 +10,7 @@ import torch
 from golden import assert_close
 from infinitetalk.models.wav2vec import Wav2Vec2At25fps
 from infinitetalk.samplers import speech
+from infinitetalk.samplers.audio import audio_indices, window_audio
 from tiny import text_audio_files as tiny
 
 
@@ -87,13 +88,13 @@ def test_two_speaker_tracks():
 
 
 def test_window_indices_clamp_both_ends():
-    idx = speech.window_indices(0, 3, 10)
+    idx = audio_indices(0, 3, 10)
     assert idx.tolist() == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]
-    assert speech.window_indices(8, 3, 10)[-1].tolist() == [8, 9, 9, 9, 9]
+    assert audio_indices(8, 3, 10)[-1].tolist() == [8, 9, 9, 9, 9]
     # audio shorter than one window: everything clamps into the few frames there are
-    assert speech.window_indices(0, 2, 2).tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    assert audio_indices(0, 2, 2).tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
     emb = torch.arange(4.0).reshape(1, 2, 1, 2)  # [S, T, layers, C]
-    assert speech.window_audio(emb, 0, 2).shape == (1, 2, 5, 1, 2)
+    assert window_audio(emb, 0, 2, emb.shape[1]).shape == (1, 2, 5, 1, 2)
 
 
 def test_embed_speech_stereo_48k(model):
