@@ -29,6 +29,20 @@ log = logging.getLogger(__name__)
 
 IDLE_ENV = "INFINITETALK_IDLE_UNLOAD_S"
 COMPILE_ENV = "INFINITETALK_COMPILE"  # "1": torch.compile the DiT blocks on CUDA
+ATTENTION_ENV = "INFINITETALK_ATTENTION"  # sdpa (default) | int8 | int8_fp8: models/flash_attention.py
+
+
+def select_attention() -> str:
+    """Apply ``INFINITETALK_ATTENTION`` to the pack's attention dispatch; returns the backend in use.
+
+    ``int8`` / ``int8_fp8`` select our Triton kernels (approximate: docs/PERFORMANCE.md) for the video
+    self-attention on CUDA; where they cannot run (CPU, no Triton) SDPA serves every call."""
+    from ..models import attention
+    name = attention.backend_for_choice(os.environ.get(ATTENTION_ENV), "environment variable " + ATTENTION_ENV)
+    if attention.get_backend() != name:
+        attention.set_backend(name)
+        log.info("InfiniteTalk: attention backend %s", name)
+    return name
 
 
 # --------------------------------------------------------------------- memory management
@@ -264,6 +278,7 @@ def load_model(model_path: str, adapter_path: str | None, family: str, precision
     module = load_dit(model_path, adapter_path=adapter_path, loras=tuple(loras or ()), dtype=dtype,
                       device=offload_device())
     plan = plan_placement(module, memory_budget_gb)
+    select_attention()
     if os.environ.get(COMPILE_ENV, "0") == "1" and torch_device().type == "cuda":
         module.compile_blocks()  # opt-in: 10-20 s of compiling per new shape, then ~27 % faster
     log.info("InfiniteTalk: loaded %s as %s (%s, %.2f GiB)%s", os.path.basename(model_path), family,

@@ -23,6 +23,18 @@ _BACKENDS: dict[str, AttentionFn] = {"sdpa": _sdpa}
 _active = "sdpa"
 
 
+def _register_own_kernels() -> None:
+    """Our Triton kernels (models/flash_attention.py): ``triton_bf16``, ``triton_int8`` (int8 q·kᵀ,
+    bf16 p·v) and ``triton_int8_fp8`` (int8 q·kᵀ, fp8 p·v). Each uses SDPA where the kernel does not
+    apply (CPU, masks, short key sets); Triton itself is only imported on the first kernel call."""
+    from . import flash_attention
+    for mode in flash_attention.MODES:
+        _BACKENDS[f"triton_{mode}"] = flash_attention.backend(mode)
+
+
+_register_own_kernels()
+
+
 def register_backend(name: str, fn: AttentionFn) -> None:
     """Add (or replace) a kernel: ``fn(q, k, v, mask) -> out`` with the layout of :func:`attention`."""
     _BACKENDS[name] = fn
@@ -34,7 +46,23 @@ def set_backend(name: str) -> None:
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; registered: {sorted(_BACKENDS)} "
                          f"(register it first with models.attention.register_backend)")
+    if name.startswith("triton_"):
+        from . import flash_attention
+        flash_attention.available()  # test-runs the kernel once; if it cannot run, SDPA serves the calls
     _active = name
+
+
+USER_CHOICES = ("sdpa", "int8", "int8_fp8")
+
+
+def backend_for_choice(choice: str | None, source: str = "INFINITETALK_ATTENTION") -> str:
+    """The backend name for a user's choice (``sdpa`` default, ``int8``, ``int8_fp8``); a clear
+    ValueError naming ``source`` for anything else."""
+    value = (choice or "sdpa").strip().lower() or "sdpa"
+    if value not in USER_CHOICES:
+        raise ValueError(f"{source}={choice!r} is not one of {', '.join(USER_CHOICES)}; "
+                         f"unset it or pick one, then restart ComfyUI")
+    return "sdpa" if value == "sdpa" else f"triton_{value}"
 
 
 def get_backend() -> str:

@@ -84,6 +84,10 @@ class InfiniteTalkModelLoader(io.ComfyNode):
         model_path = _model_choice("diffusion_models", model, "model")
         adapter_path = _model_choice("audio_adapter", audio_adapter, "audio_adapter", optional=True)
         try:
+            attention = host.select_attention()
+        except ValueError as err:   # a bad INFINITETALK_ATTENTION value: not an input of this node
+            raise RuntimeError(f"{NODE}: {err}") from None
+        try:
             loaded = host.load_model(model_path, adapter_path, family, precision, lora or (),
                                      memory_budget_gb)
         except ValueError as err:   # LoaderError and the loaders' own errors
@@ -91,5 +95,6 @@ class InfiniteTalkModelLoader(io.ComfyNode):
                               else "model", str(err)) from None
         info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")
                 + f" | {loaded.dtype} | loras: {len(lora or ())}"
-                + (" | blocks streamed from RAM" if loaded.streaming else ""))
+                + (" | blocks streamed from RAM" if loaded.streaming else "")
+                + (f" | attention {attention}" if attention != "sdpa" else ""))
         return io.NodeOutput(loaded, info)
