@@ -48,7 +48,7 @@ def set_backend(name: str) -> None:
                          f"(register it first with models.attention.register_backend)")
     if name.startswith("triton_"):
         from . import flash_attention
-        flash_attention.available()  # test-runs the kernel once; if it cannot run, SDPA serves the calls
+        flash_attention.available(name.removeprefix("triton_"))  # one test call; if it fails, SDPA serves
     _active = name
 
 
