@@ -114,6 +114,17 @@ def _descriptor(t: torch.Tensor, row_stride: int, block: list[int]):
     return TensorDescriptor(t, [-(-span // row_stride), row_stride], [row_stride, 1], block)
 
 
+def _tma_ok(t: torch.Tensor, row_stride: int, width: int) -> bool:
+    """Whether the kernel's 2-D reading of ``t`` holds: every (batch, head) start lies in the row
+    grid (a multiple of the row stride, or a column offset whose ``width`` fits inside a row), and
+    TMA's 16-byte alignment of the base and the row stride."""
+    for dim in range(t.dim() - 2):
+        st, n = t.stride(dim), t.shape[dim]
+        if n > 1 and st % row_stride and (st * (n - 1) + width > row_stride):
+            return False
+    return t.data_ptr() % 16 == 0 and (row_stride * t.element_size()) % 16 == 0
+
+
 def run_prepared(q_, qs, k_, ks, v_, vs, mode: str, out_dtype: torch.dtype, use_tma: bool = False,
                  warp_spec: bool = False, **meta) -> torch.Tensor:
     """The kernel on :func:`prepare`'s operands -> [B, H, Lq, D] in ``out_dtype``. Autotuned unless
@@ -126,6 +137,8 @@ def run_prepared(q_, qs, k_, ks, v_, vs, mode: str, out_dtype: torch.dtype, use_
     out = torch.empty(b, heads, lq, d, device=q_.device, dtype=out_dtype)
     sv_a, sv_c = (v_.stride(3), v_.stride(2)) if pv_fp8 else (v_.stride(2), v_.stride(3))  # token, channel
     srcs = (q_, k_, v_)
+    use_tma = use_tma and _tma_ok(q_, q_.stride(2), d) and _tma_ok(k_, k_.stride(2), d) and (
+        _tma_ok(v_, sv_c, v_.shape[-1]) if pv_fp8 else _tma_ok(v_, sv_a, d))
     if use_tma:
         bm, bn = meta.get("BLOCK_M", 128), meta.get("BLOCK_N", 128)
         srcs = (_descriptor(q_, q_.stride(2), [bm, d]), _descriptor(k_, k_.stride(2), [bn, d]),

@@ -114,3 +114,15 @@ def test_attention_bench_smoke(tmp_path):
     assert not res.get("errors"), res.get("errors")
     assert {"sdpa", "triton_int8_fp8"} <= set(res["golden"])
     assert {"bf16_480p_sdpa", "bf16_480p_triton_bf16"} <= set(res["dit_forward_s"])
+
+
+def test_tma_reading_of_layouts():
+    x = torch.zeros(2, 100, 4, 64)                        # the model's [B, L, H, D], seen as [B, H, L, D]
+    assert fa._tma_ok(x.transpose(1, 2), 4 * 64, 64)
+    assert fa._tma_ok(torch.zeros(2, 4, 100, 64), 64, 64)  # contiguous [B, H, L, D]
+    padded = torch.zeros(2, 100, 4, 72)[..., :64].transpose(1, 2)  # heads inside a 288-wide row
+    assert fa._tma_ok(padded, 4 * 72, 64)
+    overlapping = torch.zeros(10000).as_strided((1, 4, 50, 64), (4000, 32, 64, 1))  # heads cross rows
+    assert not fa._tma_ok(overlapping, 64, 64)
+    unaligned = torch.zeros(2, 3, 64, 40, dtype=torch.float8_e4m3fn)  # 40-byte rows: not 16-byte aligned
+    assert not fa._tma_ok(unaligned, 40, 40)
