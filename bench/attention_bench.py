@@ -34,25 +34,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_lib as bl  # noqa: E402
 import golden_check as gck  # noqa: E402
+from dit_forward import _forward, _guard  # noqa: E402  (the main bench's timing and part guard)
 from infinitetalk.models import attention as attn  # noqa: E402
 from infinitetalk.models import flash_attention as fa  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 MODES = tuple(fa.MODES)  # bf16, int8, int8_fp8
-
-
-def _guard(res, label, fn):
-    t0 = time.time()
-    try:
-        return fn()
-    except Exception as err:  # noqa: BLE001 - report every failure, keep going
-        traceback.print_exc()
-        res.setdefault("errors", {})[label] = f"{type(err).__name__}: {err}"[:500]
-    finally:
-        print(f"[{label}] {time.time() - t0:.1f}s", flush=True)
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        if res.get("_partial"):
-            Path(res["_partial"]).write_text(json.dumps({k: v for k, v in res.items() if k != "_partial"}, indent=1))
 
 
 def _qkv(tokens, heads, d, device, seed=0, peaked=False):
@@ -196,9 +182,8 @@ def golden(res, device):
 
 
 def forward(res, device, reps, cfg, latents, configs):
-    from dit_forward import _forward  # the same timing/FLOP bookkeeping as the main bench
-    res.setdefault("dit_forward_s", {}), res.setdefault("peak_gib", {}), res.setdefault("floor_s", {})
-    res.setdefault("mfu", {}), res.setdefault("detail", {})
+    for key in ("dit_forward_s", "peak_gib", "floor_s", "mfu", "detail"):
+        res.setdefault(key, {})
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for model_kind in ("bf16", "fp8"):
         wanted = [c for c in configs if c[0] == model_kind]
@@ -214,7 +199,8 @@ def forward(res, device, reps, cfg, latents, configs):
 
             def part(backend=backend, res_key=res_key, key=key):
                 attn.set_backend(backend)
-                torch._dynamo.reset() if device.type == "cuda" else None
+                if device.type == "cuda":
+                    torch._dynamo.reset()  # each backend compiles its own block graph
                 try:
                     _forward(res, key, model, cfg, latents[res_key], 1, dtype, reps, device,
                              flops_rate=res.get("fp8_matmul_tflops") if model_kind == "fp8" else None)
@@ -223,7 +209,8 @@ def forward(res, device, reps, cfg, latents, configs):
                     attn.set_backend("sdpa")
             _guard(res, key, part)
         del model
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def gaps(res, device, cfg, latent):
@@ -298,11 +285,7 @@ def main(argv=None) -> dict:
     p.add_argument("--backends-720p", nargs="*", default=["sdpa", "triton_int8_fp8"])
     args = p.parse_args(argv)
     res = run(args)
-    res.pop("_partial", None)
-    slug = re.sub(r"[^a-z0-9]+", "-", res["card"].lower()).strip("-")
-    out = args.out or RESULTS / f"attention-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    out = bl.write_results(res, args.out, "attention-")
     for key, s in res.get("dit_forward_s", {}).items():
         print(f"{key:40s} {s:8.3f} s")
     for name, err in res.get("errors", {}).items():

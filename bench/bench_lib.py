@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -178,3 +180,13 @@ def matmul_rate(dtype: str, n: int = 8192, reps: int = 20) -> float:
         fn = lambda: torch._int_mm(ai, bi)  # noqa: E731
     med, _, _ = time_cuda(fn, reps, warmup=3)
     return 2 * n ** 3 / med / 1e12
+
+
+def write_results(res: dict, out: Path | None, prefix: str = "") -> Path:
+    """Write ``res`` (minus its ``_partial`` bookkeeping) to ``out`` or results/<prefix><card slug>.json."""
+    res.pop("_partial", None)
+    slug = re.sub(r"[^a-z0-9]+", "-", res["card"].lower()).strip("-")
+    out = out or ROOT / "bench" / "results" / f"{prefix}{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    return out

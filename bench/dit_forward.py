@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import sys
 import time
 import traceback
@@ -30,7 +29,6 @@ import bench_lib as bl  # noqa: E402
 import golden_check as gc_check  # noqa: E402
 import passes_bench as pb  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 LATENT_480P, LATENT_720P = (21, 60, 104), (21, 90, 160)
 FORWARD_KEYS = ("bf16_480p_1spk", "bf16_480p_2spk", "bf16_720p_1spk", "fp8_480p_1spk", "int8_480p_1spk")
 
@@ -245,11 +243,7 @@ def main(argv=None) -> dict:
     p.add_argument("--stream-caps", type=int, nargs="*", default=[16, 8], help="GiB caps for block streaming")
     args = p.parse_args(argv)
     res = run(args)
-    res.pop("_partial", None)
-    slug = re.sub(r"[^a-z0-9]+", "-", res["card"].lower()).strip("-")
-    out = args.out or RESULTS / f"{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    out = bl.write_results(res, args.out, "")
     print(_table(res))
     print(f"wrote {out}")
     return res
