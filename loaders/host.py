@@ -33,15 +33,18 @@ ATTENTION_ENV = "INFINITETALK_ATTENTION"  # sdpa (default) | int8 | int8_fp8: mo
 
 
 def select_attention() -> str:
-    """Apply ``INFINITETALK_ATTENTION`` to the pack's attention dispatch; returns the backend in use.
+    """Apply ``INFINITETALK_ATTENTION`` to the pack's attention dispatch; returns what runs, in words
+    ("sdpa", "triton_int8_fp8", or "triton_int8_fp8 unavailable here: sdpa").
 
     ``int8`` / ``int8_fp8`` select our Triton kernels (approximate: docs/PERFORMANCE.md) for the video
     self-attention on CUDA; where they cannot run (CPU, no Triton) SDPA serves every call."""
-    from ..models import attention
+    from ..models import attention, flash_attention
     name = attention.backend_for_choice(os.environ.get(ATTENTION_ENV), "environment variable " + ATTENTION_ENV)
     if attention.get_backend() != name:
         attention.set_backend(name)
         log.info("InfiniteTalk: attention backend %s", name)
+    if name != "sdpa" and not flash_attention.status()["available"].get(name.removeprefix("triton_")):
+        return f"{name} unavailable here: sdpa"
     return name
 
 

@@ -178,6 +178,18 @@ assert not p.streamed.loaded
 assert p.streamed.streamer.calls == ["offload", "reload", "offload"], p.streamed.streamer.calls
 clone = p.clone()
 assert clone.streamed is p.streamed
+# INFINITETALK_ATTENTION through the host module (the Model Loader calls this first)
+import os
+from infinitetalk.models import attention
+assert host.select_attention() == "sdpa"
+os.environ[host.ATTENTION_ENV] = "int8_fp8"
+assert host.select_attention() == "triton_int8_fp8 unavailable here: sdpa"   # --cpu: SDPA serves
+assert attention.get_backend() == "triton_int8_fp8"
+os.environ[host.ATTENTION_ENV] = "sage"
+try:
+    host.select_attention(); raise SystemExit("a bad value was accepted")
+except ValueError as err:
+    assert "environment variable INFINITETALK_ATTENTION='sage'" in str(err), err
 print("HOST-STREAMING-OK")
 """
 
