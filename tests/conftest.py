@@ -35,6 +35,15 @@ def _inference_mode(request):
         yield
 
 
+@pytest.fixture(scope="module")
+def wav2vec():
+    """The tiny random wav2vec2 (tests/tiny/text_audio_files.py), seeded, one per test module."""
+    from infinitetalk.models.wav2vec import Wav2Vec2At25fps
+    from tiny import text_audio_files
+    torch.manual_seed(0)
+    return Wav2Vec2At25fps(text_audio_files.TINY_WAV2VEC)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "host: runs a real ComfyUI server")
     config.addinivalue_line("markers", "browser: drives headless Chromium against the real host")

@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from golden import assert_close
-from infinitetalk.models.wav2vec import Wav2Vec2At25fps
 from infinitetalk.samplers import speech
 from infinitetalk.samplers.audio import audio_indices, window_audio
 from tiny import text_audio_files as tiny
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Wav2Vec2At25fps(tiny.TINY_WAV2VEC)
 
 
 def _tone(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.1) -> np.ndarray:
@@ -97,39 +90,39 @@ def test_window_indices_clamp_both_ends():
     assert window_audio(emb, 0, 2, emb.shape[1]).shape == (1, 2, 5, 1, 2)
 
 
-def test_embed_speech_stereo_48k(model):
+def test_embed_speech_stereo_48k(wav2vec):
     x = np.stack([_tone(0.5, 48000), _tone(0.5, 48000, freq=300.0)])
-    emb = speech.embed_speech(model, x, 48000)
+    emb = speech.embed_speech(wav2vec, x, 48000)
     assert emb.shape == (12, 12, tiny.TINY_WAV2VEC["hidden_size"]) and emb.dtype == torch.float32
     assert torch.isfinite(emb).all()
 
 
-def test_embed_speech_silence_and_tiny_clip(model):
-    emb = speech.embed_speech(model, np.zeros(4000, np.float32), 16000)  # 0.25 s of silence
+def test_embed_speech_silence_and_tiny_clip(wav2vec):
+    emb = speech.embed_speech(wav2vec, np.zeros(4000, np.float32), 16000)  # 0.25 s of silence
     assert emb.shape[0] == 6 and torch.isfinite(emb).all()
     with pytest.raises(ValueError, match="shorter than one video frame"):
-        speech.embed_speech(model, np.zeros(500, np.float32), 16000)
+        speech.embed_speech(wav2vec, np.zeros(500, np.float32), 16000)
 
 
-def test_embed_speech_do_normalize_follows_model(model):
+def test_embed_speech_do_normalize_follows_model(wav2vec):
     x = _tone(0.4, 16000) + 0.05
-    plain = speech.embed_speech(model, x, 16000, normalize_loudness=False)
-    forced = speech.embed_speech(model, x, 16000, normalize_loudness=False, do_normalize=True)
-    ref = model(torch.from_numpy(speech.normalize_input(x)), speech.num_frames(x.shape[0]))
+    plain = speech.embed_speech(wav2vec, x, 16000, normalize_loudness=False)
+    forced = speech.embed_speech(wav2vec, x, 16000, normalize_loudness=False, do_normalize=True)
+    ref = wav2vec(torch.from_numpy(speech.normalize_input(x)), speech.num_frames(x.shape[0]))
     assert_close(forced, ref, 0.0, "do_normalize=True")
     assert (plain - forced).abs().max() > 1e-3
 
 
-def test_encoder_matches_transformers_forward(model):
+def test_encoder_matches_transformers_forward(wav2vec):
     """With seq_len = the conv frame count the interpolation is the identity: our layer loop must
     reproduce transformers' own Wav2Vec2Model hidden_states[1:]."""
     from transformers import Wav2Vec2Model
 
-    hf = Wav2Vec2Model(model.config).eval()
-    hf.load_state_dict({k: v for k, v in model.state_dict().items()}, strict=True)
+    hf = Wav2Vec2Model(wav2vec.config).eval()
+    hf.load_state_dict({k: v for k, v in wav2vec.state_dict().items()}, strict=True)
     x = torch.randn(1, 6400, generator=torch.Generator().manual_seed(3))
-    conv = model.conv_features(x)
-    ours = model(x[0], conv.shape[-1])
+    conv = wav2vec.conv_features(x)
+    ours = wav2vec(x[0], conv.shape[-1])
     out = hf(x, output_hidden_states=True)
     theirs = torch.stack(out.hidden_states[1:], dim=2)[0]
     assert_close(ours, theirs, 1e-5, "encoder vs transformers")
