@@ -18,7 +18,6 @@ import os
 import sys
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +46,6 @@ def _speech_like(seconds: float, rate: int = 16000) -> np.ndarray:
     voice = sum(np.sin(2 * np.pi * f0 * t) / k for k, f0 in enumerate((140, 280, 420, 910), 1))
     envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t)
     return (voice * envelope / 2.2 * 20000).astype(np.int16)
-
-
-def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
 
 
 def write_models(models_dir: Path) -> dict[str, str]:
@@ -150,7 +141,7 @@ class Listener:
 def e2e(host):
     names = write_models(host.models_dir)
     Image.new("RGB", (80, 72), (205, 160, 130)).save(host.input_dir / IMAGE_NAME)
-    _write_wav(host.input_dir / AUDIO_NAME, _speech_like(AUDIO_SECONDS))
+    H.write_wav_int16(host.input_dir / AUDIO_NAME, _speech_like(AUDIO_SECONDS))
     return names
 
 

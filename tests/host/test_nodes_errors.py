@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from .server import ExecutionFailed, PromptRejected
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # tests/tiny
 from tiny.dit_files import write_demo_models                          # noqa: E402
+from tiny.host_files import write_wav_int16                            # noqa: E402
 from tiny.text_audio_files import write_wav2vec_folder                # noqa: E402
 
 pytestmark = pytest.mark.host
@@ -26,19 +26,11 @@ def files(host):
     wrong = host.models_dir / "diffusion_models" / "not_a_dit.safetensors"
     src = host.models_dir / "wav2vec2" / "chinese-wav2vec2-base" / "model.safetensors"
     wrong.write_bytes(src.read_bytes())
-    _wav(host.input_dir / "silent.wav", np.zeros(16000, np.int16))
-    _wav(host.input_dir / "short.wav", (np.sin(np.arange(400) / 5) * 8000).astype(np.int16))
+    write_wav_int16(host.input_dir / "silent.wav", np.zeros(16000, np.int16))
+    write_wav_int16(host.input_dir / "short.wav", (np.sin(np.arange(400) / 5) * 8000).astype(np.int16))
     Image.new("RGB", (64, 48), (200, 150, 120)).save(host.input_dir / "face.png")
     Image.new("RGBA", (32, 32), (0, 0, 0, 128)).save(host.input_dir / "small_mask.png")
     return roles
-
-
-def _wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
 
 
 def _options(spec: list) -> list[str]:

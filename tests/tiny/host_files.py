@@ -313,6 +313,17 @@ def copy_demo_inputs(input_dir: str | os.PathLike) -> list[str]:
     return names
 
 
+def write_wav_int16(path: str | os.PathLike, samples, rate: int = 16000) -> None:
+    """Write mono int16 ``samples`` (a numpy array) as a WAV file for a host's input/ folder."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+
+
 # ---------------------------------------------------------------- bundled workflows on tiny models
 WORKFLOWS_API = REPO / "workflows_api"
 # Sampler settings that make a tiny run cheap on 2 CPU cores (one 81-frame window ~20 s at 32x32).
