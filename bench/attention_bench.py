@@ -221,12 +221,7 @@ def gaps(res, device, cfg, latent):
     bl.call(model, inp)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        bl.call(model, inp)
-        end.record()
-        end.synchronize()
-    wall = start.elapsed_time(end) / 1e3
+        wall = bl.cuda_seconds(lambda: bl.call(model, inp))
     events = [e for e in prof.events() if e.device_type.name == "CUDA"]
     busy = sum(e.device_time for e in events) / 1e6  # µs -> s (kernels and copies; no overlap on one stream)
     top = {}

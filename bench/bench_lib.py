@@ -139,27 +139,23 @@ def uncompile_blocks(model: WanModel) -> None:
 
 
 # -- timing --------------------------------------------------------------------------------------
+def cuda_seconds(fn) -> float:
+    """Seconds of GPU time one call of ``fn`` takes, between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def time_cuda(fn, reps: int, warmup: int = 1) -> tuple[float, list[float], float]:
     """(median s, all s, first-call s incl. compile) with CUDA events; peak memory reset after warm-up."""
-    first = None
-    for i in range(warmup):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        if i == 0:
-            first = start.elapsed_time(end) / 1e3
+    warm = [cuda_seconds(fn) for _ in range(warmup)]
+    first = warm[0] if warm else None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    times = [cuda_seconds(fn) for _ in range(reps)]
     return statistics.median(times), times, first
 
 
