@@ -21,7 +21,7 @@ that precedes it); the kernel is the ``torch.library`` custom op ``infinitetalk:
 on prepared operands, so a compiled block stays one graph. Selected through models/attention.py
 (backends ``triton_bf16``, ``triton_int8``, ``triton_int8_fp8``), used for mask-free CUDA calls
 with at least :data:`MIN_KEYS` keys — the video self-attention, ~97 % of the attention FLOPs;
-everything else stays on SDPA. :func:`available` test-runs the kernel once per process.
+everything else stays on SDPA. :func:`available` test-runs each mode once per process.
 """
 from __future__ import annotations
 
