@@ -23,29 +23,62 @@ import comfy.model_patcher
 # re-exported: the nodes reach the model folders through this one host module
 from .model_folders import (file_key, fingerprint, folder_hint, list_models,  # noqa: F401
                             missing_file, register_folders, resolve_model)
+from ..models.attention import USER_CHOICES as ATTENTION_CHOICES  # noqa: F401 - the node's options
 from .streaming import StreamedDiT, choose_placement, weight_bytes
 
 log = logging.getLogger(__name__)
 
 IDLE_ENV = "INFINITETALK_IDLE_UNLOAD_S"
-COMPILE_ENV = "INFINITETALK_COMPILE"  # "1": torch.compile the DiT blocks on CUDA
-ATTENTION_ENV = "INFINITETALK_ATTENTION"  # sdpa (default) | int8 | int8_fp8: models/flash_attention.py
+COMPILE_ENV = "INFINITETALK_COMPILE"  # auto | on (1) | off (0): the default where no choice is given
+ATTENTION_ENV = "INFINITETALK_ATTENTION"  # models.attention.USER_CHOICES: the default where none is given
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
-def select_attention() -> str:
-    """Apply ``INFINITETALK_ATTENTION`` to the pack's attention dispatch; returns what runs, in words
-    ("sdpa", "triton_int8_fp8", or "triton_int8_fp8 unavailable here: sdpa").
+def _host_attention():
+    """The host's attention function as it is now (--use-sage-attention etc. set it at startup)."""
+    import comfy.ldm.modules.attention as host_attention
+    return host_attention.optimized_attention
 
-    ``int8`` / ``int8_fp8`` select our Triton kernels (approximate: docs/PERFORMANCE.md) for the video
-    self-attention on CUDA; where they cannot run (CPU, no Triton) SDPA serves every call."""
-    from ..models import attention, flash_attention
-    name = attention.backend_for_choice(os.environ.get(ATTENTION_ENV), "environment variable " + ATTENTION_ENV)
-    if attention.get_backend() != name:
-        attention.set_backend(name)
-        log.info("InfiniteTalk: attention backend %s", name)
-    if name != "sdpa" and not flash_attention.status()["available"].get(name.removeprefix("triton_")):
-        return f"{name} unavailable here: sdpa"
-    return name
+
+def _choice_or_env(choice: str | None, env: str, input_name: str) -> tuple[str, str]:
+    """(value, where it came from): an explicit choice wins; ``auto`` or none defers to ``env`` if set."""
+    value = os.environ.get(env, "").strip()
+    if choice in (None, "", "auto") and value:
+        return value, f"environment variable {env}"
+    return choice or "auto", f"input '{input_name}'"
+
+
+def select_attention(choice: str | None = None):
+    """Resolve the attention choice (``None``/``auto``: ``INFINITETALK_ATTENTION`` if set) on the host's
+    device, make it the active backend and return models.attention_backends.Resolved. A value that
+    is not a choice is a ValueError naming its source; a named choice that cannot run here is an
+    AttentionUnavailable (a ValueError) naming what to install."""
+    from ..models import attention, attention_backends
+    attention_backends.set_host_attention(_host_attention)
+    value, source = _choice_or_env(choice, ATTENTION_ENV, "attention")
+    resolved = attention_backends.resolve(value, torch_device(), source)
+    if attention.get_backend() != resolved.backend:
+        attention.set_backend(resolved.backend)
+        log.info("InfiniteTalk: attention %s", resolved.label)
+    return resolved
+
+
+def select_compile(choice: str | None = None) -> tuple[bool, str]:
+    """(compile the blocks?, in words). ``auto``: on CUDA where Triton works, else off; ``on``: any
+    device (a failure falls back to eager at run time); ``None``/``auto`` defer to INFINITETALK_COMPILE."""
+    value, source = _choice_or_env(choice, COMPILE_ENV, "compile")
+    value = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(value.lower(), value.lower())
+    if value not in COMPILE_CHOICES:
+        raise ValueError(f"{source}={value!r} is not one of {', '.join(COMPILE_CHOICES)} (or 1 / 0)")
+    if value != "auto":
+        return value == "on", f"{value} ({source})" if source.startswith("env") else value
+    device = torch_device()
+    if getattr(device, "type", str(device)) != "cuda":
+        return False, f"off (auto on {getattr(device, 'type', device)})"
+    from torch.utils._triton import has_triton
+    if not has_triton():
+        return False, "off (auto: Triton does not run on this GPU)"
+    return True, "blocks (auto)"
 
 
 # --------------------------------------------------------------------- memory management
@@ -100,6 +133,8 @@ class HostModel:
     memory_budget_gb: float = 0.0
     source: str = ""
     streaming: bool = False          # blocks streamed from pinned RAM (StreamingPatcher)
+    attention: str = "sdpa"          # models.attention backend, made active before each sampling
+    run_info: str = ""               # attention and compile as resolved, in words (the loader's info)
 
     @property
     def module(self):
@@ -193,6 +228,9 @@ def load_for_sampling(model: HostModel):
     Either way the host first unloads other models (VAE, CLIP, text encoders, other diffusion
     models) to make room.
     """
+    from ..models import attention
+    if attention.get_backend() != model.attention:   # another loader may have chosen another one
+        attention.set_backend(model.attention)
     with _lock:
         _cancel_timer(model)
         mm.load_models_gpu([model.patcher], force_full_load=True)
@@ -274,20 +312,27 @@ def plan_placement(module, memory_budget_gb: float):
 
 
 def load_model(model_path: str, adapter_path: str | None, family: str, precision: str,
-               loras=(), memory_budget_gb: float = 0.0) -> HostModel:
-    """Read the DiT (+ adapter, + LoRAs) onto the offload device and hand it to the host."""
+               loras=(), memory_budget_gb: float = 0.0, attention: str | None = None,
+               compile: str | None = None) -> HostModel:  # noqa: A002 - the node input's name
+    """Read the DiT (+ adapter, + LoRAs) onto the offload device and hand it to the host.
+    ``attention`` / ``compile``: the Model Loader's choices (None: the environment variables, else
+    auto), resolved before the weights are read so a choice that cannot run fails at once."""
     from .dit import load_dit
+    resolved = select_attention(attention)
+    compiled, compile_label = select_compile(compile)
     dtype = pick_dtype(precision, torch_device())
     module = load_dit(model_path, adapter_path=adapter_path, loras=tuple(loras or ()), dtype=dtype,
                       device=offload_device())
     plan = plan_placement(module, memory_budget_gb)
-    select_attention()
-    if os.environ.get(COMPILE_ENV, "0") == "1" and torch_device().type == "cuda":
-        module.compile_blocks()  # opt-in: 10-20 s of compiling per new shape, then ~27 % faster
-    log.info("InfiniteTalk: loaded %s as %s (%s, %.2f GiB)%s", os.path.basename(model_path), family,
-             dtype, model_bytes(module) / 2**30,
-             f" with adapter {os.path.basename(adapter_path)}" if adapter_path else "")
+    if compiled:   # 10-20 s of compiling per new shape at the first run, then ~27 % faster per pass
+        module.compile_blocks(fallback=True, passthrough=(mm.InterruptProcessingException,))
+    log.info("InfiniteTalk: loaded %s as %s (%s, %.2f GiB)%s; attention %s; compile %s",
+             os.path.basename(model_path), family, dtype, model_bytes(module) / 2**30,
+             f" with adapter {os.path.basename(adapter_path)}" if adapter_path else "",
+             resolved.label, compile_label)
     loaded = wrap_model(module, family, dtype, memory_budget_gb, source=model_path, streaming=plan.stream)
+    loaded.attention = resolved.backend
+    loaded.run_info = f"attention {resolved.label} | compile {compile_label}"
     if plan.stream and loaded.patcher.model_size() > memory_budget_gb * 2**30:
         log.warning("InfiniteTalk: even with streamed blocks the DiT needs %.2f GiB of VRAM (non-block "
                     "weights + two block slots), more than memory_budget_gb = %g",

@@ -52,16 +52,20 @@ def set_backend(name: str) -> None:
     _active = name
 
 
-USER_CHOICES = ("sdpa", "int8", "int8_fp8")
+# Every choice a user can name (Model Loader input ``attention``, INFINITETALK_ATTENTION); the
+# libraries and ``auto`` are resolved by models/attention_backends.resolve.
+USER_CHOICES = ("auto", "sdpa", "comfy", "sageattention", "flash_attn", "xformers", "comfy_kitchen_int8",
+                "int8", "int8_fp8")
+OWN_CHOICES = ("sdpa", "int8", "int8_fp8")
 
 
 def backend_for_choice(choice: str | None, source: str = "INFINITETALK_ATTENTION") -> str:
-    """The backend name for a user's choice (``sdpa`` default, ``int8``, ``int8_fp8``); a clear
-    ValueError naming ``source`` for anything else."""
+    """The backend name of one of our own kernels (``sdpa`` default, ``int8``, ``int8_fp8``) without
+    any test call (benchmarks); a clear ValueError naming ``source`` for anything else."""
     value = (choice or "sdpa").strip().lower() or "sdpa"
-    if value not in USER_CHOICES:
-        raise ValueError(f"{source}={choice!r} is not one of {', '.join(USER_CHOICES)}; "
-                         f"unset it or pick one, then restart ComfyUI")
+    if value not in OWN_CHOICES:
+        raise ValueError(f"{source}={choice!r} is not one of {', '.join(OWN_CHOICES)} "
+                         f"(libraries and auto go through models.attention_backends.resolve)")
     return "sdpa" if value == "sdpa" else f"triton_{value}"
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from .attention import attention
 from .audio_adapter import (MAX_SPEAKERS, AudioCrossAttention, AudioProjModel, RoutingMap, check_class_masks,
                             routing_positions, token_class_masks, window_audio)
+from .compile_guard import CompileFallback
 from .ops import TorchOps
 from .rope import apply_rope_3d, rope_table_3d
 
@@ -234,19 +235,29 @@ class WanModel(nn.Module):
                              f"{sorted(DEFAULT_CONFIG)} (the official WanModel constructor kwargs)")
         return cls(**known, operations=operations, device=device, dtype=dtype)
 
-    def compile_blocks(self) -> None:
+    def compile_blocks(self, fallback: bool = False, passthrough: tuple = ()) -> None:
         """torch.compile each block's forward; with modules inlined and parameters as graph inputs one
-        graph serves all blocks (4.30 -> 3.14 s per 480p forward on an H100, docs/PERFORMANCE.md)."""
+        graph serves all blocks (4.30 -> 3.14 s per 480p forward on an H100, docs/PERFORMANCE.md).
+        ``fallback``: a compile failure (at any call) logs one warning and the blocks run eagerly from
+        then on (models/compile_guard.py); without it the failure propagates (benchmarks)."""
         import torch._dynamo
         cfg = torch._dynamo.config
         cfg.cache_size_limit = max(cfg.cache_size_limit, 64)
         cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 512)
+        guard = CompileFallback(self.uncompile_blocks, passthrough) if fallback else None
+        self.compile_guard = guard
         for block in self.blocks:
-            block.forward = torch.compile(block.forward, dynamic=False)
+            eager = block.forward
+            block.forward = guard.wrap(eager, dynamic=False) if guard else torch.compile(eager, dynamic=False)
 
     def uncompile_blocks(self) -> None:
         for block in self.blocks:
             block.__dict__.pop("forward", None)
+
+    def compile_failed(self) -> str | None:
+        """Why the guarded compile gave up (None: it did not, or nothing was compiled with fallback)."""
+        guard = getattr(self, "compile_guard", None)
+        return guard.failed if guard else None
 
     def forward(self, x, t, context, clip_fea, y, audio, ref_target_masks=None):
         """Velocity prediction.

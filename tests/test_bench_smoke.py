@@ -34,3 +34,13 @@ def test_attention_bench_smoke(tmp_path):
     assert not res.get("errors"), res.get("errors")
     assert {"sdpa", "triton_int8_fp8"} <= set(res["golden"])   # our backends fall back to SDPA on the CPU
     assert {"bf16_480p_sdpa", "bf16_480p_triton_bf16"} <= set(res["dit_forward_s"])
+
+
+def test_attention_choices_smoke(tmp_path):
+    _, res = _smoke("attention_choices.py", tmp_path / "choices.json")
+    assert not res.get("errors"), res.get("errors")
+    from infinitetalk.models.attention import USER_CHOICES
+    assert set(res["choices"]) == set(USER_CHOICES) - {"auto"}
+    assert {"480p", "720p"} <= set(res["choices"]["sdpa"]) and res["choices"]["sdpa"]["480p"]["rel_l2"] < 1e-4
+    assert "needs a CUDA GPU" in res["choices"]["int8"]["unavailable"]     # the CPU: a clear reason
+    assert res["auto"]["backend"] == "sdpa"

@@ -181,10 +181,13 @@ assert clone.streamed is p.streamed
 # INFINITETALK_ATTENTION through the host module (the Model Loader calls this first)
 import os
 from infinitetalk.models import attention
-assert host.select_attention() == "sdpa"
+assert host.select_attention().backend == "sdpa"                # auto on the CPU
 os.environ[host.ATTENTION_ENV] = "int8_fp8"
-assert host.select_attention() == "triton_int8_fp8 unavailable here: sdpa"   # --cpu: SDPA serves
-assert attention.get_backend() == "triton_int8_fp8"
+try:                                        # --cpu: a named kernel that cannot run is an error
+    host.select_attention(); raise SystemExit("int8_fp8 was accepted on the CPU")
+except ValueError as err:
+    assert "attention 'int8_fp8'" in str(err) and "CUDA" in str(err), err
+assert attention.get_backend() == "sdpa"
 os.environ[host.ATTENTION_ENV] = "sage"
 try:
     host.select_attention(); raise SystemExit("a bad value was accepted")
