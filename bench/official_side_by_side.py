@@ -163,7 +163,19 @@ def _timed(fn, reps, cuda):
     return out, {"s": med, "all_s": times, "peak_gib": torch.cuda.max_memory_allocated() / bl.GIB}
 
 
-def run_case(official_module, cfg_over, latent, speakers, device, dtype, reps, compiled) -> dict:
+def _with_attention(choice: str, device, fn):
+    """``fn()`` with the loader's attention ``choice`` active (models/attention_backends.resolve)."""
+    from infinitetalk.models import attention, attention_backends
+    found = attention_backends.resolve(choice, device)
+    attention.set_backend(found.backend)
+    try:
+        return found.label, fn()
+    finally:
+        attention.set_backend("sdpa")
+
+
+def run_case(official_module, cfg_over, latent, speakers, device, dtype, reps, compiled,
+             choices=()) -> dict:
     ours = bl.build_model(cfg_over, device, dtype)
     cfg = ours.config
     twin = official_twin(official_module, ours, {k: v for k, v in cfg.items() if k != "weight_init"})
@@ -178,9 +190,17 @@ def run_case(official_module, cfg_over, latent, speakers, device, dtype, reps, c
             ours.compile_blocks()
             out, res["ours_compiled"] = _timed(lambda: bl.call(ours, inp), reps, cuda)
             res["ours_compiled"].update(_diff(out, ref))
+            for choice in choices:          # the loader's attention choices, compiled blocks
+                key = f"ours_compiled_{choice}"
+                try:
+                    label, (out, res[key]) = _with_attention(
+                        choice, device, lambda: _timed(lambda: bl.call(ours, inp), reps, cuda))
+                    res[key].update(_diff(out, ref), attention=label)
+                except Exception as err:  # noqa: BLE001 - an unavailable choice is a result too
+                    res[key] = {"error": f"{type(err).__name__}: {err}"[:300]}
             ours.uncompile_blocks()
-    for key in ("ours_eager", "ours_compiled"):
-        if key in res:
+    for key in [k for k in res if k.startswith("ours")]:
+        if "s" in res[key]:
             res[key]["speedup_vs_official"] = res["official"]["s"] / res[key]["s"]
     del ours, twin, inp
     return res
@@ -193,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--attention", default="",
+                   help="comma-separated loader attention choices to time with compiled blocks (auto,...)")
     p.add_argument("--smoke", action="store_true", help="tiny golden config, CPU, fp32")
     args = p.parse_args(argv)
     official_module = load_official(args.official.resolve())
@@ -211,14 +233,15 @@ def main(argv=None) -> int:
         t0 = time.time()
         try:
             res["cases"][name] = run_case(official_module, cfg, latent, speakers, device, dtype,
-                                          args.reps, not args.no_compile)
+                                          args.reps, not args.no_compile,
+                                          [c for c in args.attention.split(",") if c])
         except Exception as err:  # noqa: BLE001 - report every failing case and go on
             traceback.print_exc()
             res["cases"][name] = {"error": f"{type(err).__name__}: {err}"[:500]}
         print(f"[{name}] {time.time() - t0:.1f}s {res['cases'][name]}", flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    path = bl.write_results(res, args.out, prefix="official_side_by_side-")
+        path = bl.write_results(res, args.out, prefix="official_side_by_side-")   # each case kept
     print(f"wrote {path}")
     return 0
 
