@@ -59,6 +59,10 @@ class Library:
     call: Callable                            # (module, q, k, v, scale) -> out, our layout
     dtypes: tuple = (torch.float16, torch.bfloat16)
     max_head_dim: int = 256
+    # Inside a compiled block: only libraries whose call is a torch custom op with a fake kernel stay
+    # in the graph; the others are called outside it (torch.compiler.disable): a graph break costs
+    # little beside a 32k-token attention, a failed trace would cost the whole compile.
+    in_graph: bool = False
 
 
 def _first(out):
@@ -96,7 +100,7 @@ LIBRARIES: dict[str, tuple[Library, ...]] = {
     "xformers": (Library("xformers.ops", "xformers", "pip install xformers (the build matching your torch)",
                          _xformers, (torch.float16, torch.bfloat16, torch.float32)),),
     "comfy_kitchen_int8": (Library("comfy_kitchen", "comfy_kitchen int8_attention", "pip install comfy-kitchen",
-                                   _kitchen, (torch.float16, torch.bfloat16, torch.float32)),),
+                                   _kitchen, (torch.float16, torch.bfloat16, torch.float32), in_graph=True),),
 }
 PACKAGES = {"flash_attn": "flash-attn", "sageattention": "sageattention", "xformers": "xformers",
             "comfy_kitchen_int8": "comfy-kitchen"}
@@ -117,11 +121,13 @@ def _sdpa(q, k, v, mask):
 
 def adapter(lib: Library, mod) -> Callable:
     """The backend function of ``lib`` (imported as ``mod``): the library where it applies, else SDPA."""
+    call = lib.call if lib.in_graph else torch.compiler.disable(lib.call)
+
     def fn(q, k, v, mask=None):
         if (mask is None and q.device.type in DEVICE_TYPES and q.dtype in lib.dtypes
                 and q.dtype == k.dtype == v.dtype and q.shape[-1] <= lib.max_head_dim
                 and q.shape[-1] == k.shape[-1] == v.shape[-1]):
-            return lib.call(mod, q, k, v, q.shape[-1] ** -0.5).to(q.dtype)
+            return call(mod, q, k, v, q.shape[-1] ** -0.5).to(q.dtype)
         return _sdpa(q, k, v, mask)
     fn.__name__ = lib.module.replace(".", "_")
     return fn
@@ -209,7 +215,7 @@ def resolve(choice: str, device, source: str = "attention") -> Resolved:
     where the choice came from in the error for an unknown value."""
     value = (choice or "auto").strip().lower()
     if value not in CHOICES:
-        raise ValueError(f"{source}={choice!r} is not one of {', '.join(CHOICES)}; pick one")
+        raise ValueError(f"{source}={choice!r} is not one of {', '.join(CHOICES)}: set one of them")
     device = torch.device(device)
     key = (value, str(device))
     if key not in _resolved:

@@ -63,8 +63,9 @@ class InfiniteTalkModelLoader(io.ComfyNode):
                                **adv()),
                 io.Combo.Input("attention", options=list(host.ATTENTION_CHOICES), default="auto", optional=True,
                                tooltip="Attention kernel. auto: the first installed library that passes a "
-                                       "quick accuracy check against SDPA on this GPU (flash_attn, "
-                                       "sageattention, xformers, comfy), else sdpa; on the CPU sdpa; the "
+                                       "quick accuracy check against SDPA on this GPU ("
+                                       + ", ".join(c for c in host.AUTO_ATTENTION if c != "sdpa")
+                                       + "), else sdpa; on the CPU sdpa; the "
                                        "environment variable INFINITETALK_ATTENTION, when set, replaces "
                                        "auto. comfy: ComfyUI's own attention (--use-sage-attention / "
                                        "--use-flash-attention apply). sageattention, flash_attn (FA3, "

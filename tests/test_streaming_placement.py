@@ -193,6 +193,18 @@ try:
     host.select_attention(); raise SystemExit("a bad value was accepted")
 except ValueError as err:
     assert "environment variable INFINITETALK_ATTENTION='sage'" in str(err), err
+assert host.select_attention("sdpa").backend == "sdpa"          # a named input beats the variable
+del os.environ[host.ATTENTION_ENV]
+# INFINITETALK_COMPILE stands in for the loader's compile = auto
+assert host.select_compile() == (False, "off (auto on cpu)")
+os.environ[host.COMPILE_ENV] = "1"
+assert host.select_compile("auto")[0] is True and host.select_compile("off") == (False, "off")
+os.environ[host.COMPILE_ENV] = "maybe"
+try:
+    host.select_compile(); raise SystemExit("a bad compile value was accepted")
+except ValueError as err:
+    assert "environment variable INFINITETALK_COMPILE='maybe'" in str(err), err
+del os.environ[host.COMPILE_ENV]
 print("HOST-STREAMING-OK")
 """
 
