@@ -58,7 +58,7 @@ class Library:
     install: str                              # the fix when nothing of the choice is importable
     call: Callable                            # (module, q, k, v, scale) -> out, our layout
     dtypes: tuple = (torch.float16, torch.bfloat16)
-    max_head_dim: int = 256
+    head_dims: tuple = tuple(range(1, 257))
     # Inside a compiled block: only libraries whose call is a torch custom op with a fake kernel stay
     # in the graph; the others are called outside it (torch.compiler.disable): a graph break costs
     # little beside a 32k-token attention, a failed trace would cost the whole compile.
@@ -79,7 +79,10 @@ def _flash(mod, q, k, v, scale):
 
 
 def _sage(mod, q, k, v, scale):
-    return _first(mod.sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=scale))
+    # sageattention smooths k (minus its mean over tokens: softmax-invariant) IN PLACE (1.0.6: k -= km);
+    # our k also feeds the speaker-routing map, so it is smoothed here into a new tensor instead.
+    k = k - k.mean(dim=2, keepdim=True)
+    return _first(mod.sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=scale, smooth_k=False))
 
 
 def _xformers(mod, q, k, v, scale):
@@ -96,7 +99,8 @@ LIBRARIES: dict[str, tuple[Library, ...]] = {
     "flash_attn": (Library("flash_attn_interface", "FA3 flash_attn_interface", _FA_INSTALL, _flash),
                    Library("flash_attn.cute", "FA4 flash_attn.cute", _FA_INSTALL, _flash),
                    Library("flash_attn", "FA2 flash_attn", _FA_INSTALL, _flash)),
-    "sageattention": (Library("sageattention", "sageattention", "pip install sageattention", _sage),),
+    "sageattention": (Library("sageattention", "sageattention", "pip install sageattention", _sage,
+                              head_dims=(64, 96, 128)),),
     "xformers": (Library("xformers.ops", "xformers", "pip install xformers (the build matching your torch)",
                          _xformers, (torch.float16, torch.bfloat16, torch.float32)),),
     "comfy_kitchen_int8": (Library("comfy_kitchen", "comfy_kitchen int8_attention", "pip install comfy-kitchen",
@@ -125,7 +129,7 @@ def adapter(lib: Library, mod) -> Callable:
 
     def fn(q, k, v, mask=None):
         if (mask is None and q.device.type in DEVICE_TYPES and q.dtype in lib.dtypes
-                and q.dtype == k.dtype == v.dtype and q.shape[-1] <= lib.max_head_dim
+                and q.dtype == k.dtype == v.dtype and q.shape[-1] in lib.head_dims
                 and q.shape[-1] == k.shape[-1] == v.shape[-1]):
             return call(mod, q, k, v, q.shape[-1] ** -0.5).to(q.dtype)
         return _sdpa(q, k, v, mask)
@@ -137,7 +141,9 @@ def _host_fn(q, k, v, mask=None):
     """The host's attention on our layout (skip_reshape: [B, H, L, D] in and out); masks -> SDPA."""
     if mask is not None:
         return _sdpa(q, k, v, mask)
-    return _host["get"]()(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
+    # k is cloned: the host's sageattention path smooths k in place, and our k also feeds the
+    # speaker-routing map (one copy of k costs well under 1 % of the attention it feeds).
+    return _host["get"]()(q, k.clone(), v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
 
 
 def self_check(fn: Callable, device: torch.device, bar: float) -> float:

@@ -43,9 +43,11 @@ def _module(name: str, **attrs) -> types.ModuleType:
 
 
 def sage(factor: float = 1.0):
-    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None):
-        assert tensor_layout == "HND" and not is_causal
+    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, smooth_k=True, **kwargs):
+        assert tensor_layout == "HND" and not is_causal and q.shape[-1] in (64, 96, 128)   # as sageattention 1.0.6
         CALLS.append("sageattention")
+        if smooth_k:
+            k -= k.mean(dim=2, keepdim=True)          # sageattention 1.0.6 does this in place
         return _sdpa_hnd(q, k, v, sm_scale) * factor      # factor != 1: a library with wrong numbers
     return _module("sageattention", sageattn=sageattn)
 
@@ -95,10 +97,10 @@ def libs(monkeypatch):
     attention.set_backend("sdpa")
 
 
-def _qkv(lk: int = 40):
+def _qkv(lk: int = 40, d: int = 64):
     g = torch.Generator().manual_seed(3)
-    q = torch.randn(2, 3, 24, 16, generator=g)
-    k, v = (torch.randn(2, 3, lk, 16, generator=g) for _ in range(2))
+    q = torch.randn(2, 3, 24, d, generator=g)
+    k, v = (torch.randn(2, 3, lk, d, generator=g) + 1.0 for _ in range(2))
     return q.bfloat16(), k.bfloat16(), v.bfloat16()
 
 
@@ -107,8 +109,11 @@ def _run(choice: str):
     attention.set_backend(resolved.backend)
     CALLS.clear()
     q, k, v = _qkv()
+    before = [t.clone() for t in (q, k, v)]
     out = attention.attention(q, k, v)
     torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v).float(), atol=2e-2, rtol=2e-2)
+    for t, b in zip((q, k, v), before):      # k also feeds the speaker-routing map: never changed
+        assert torch.equal(t, b)
     return resolved
 
 
@@ -122,6 +127,9 @@ def test_named_library_runs_in_its_layout(libs, choice, modules, called):
     libs(**modules)
     resolved = _run(choice)
     assert resolved.backend == choice and CALLS == [called]
+    if choice == "sageattention":                               # a head size it lacks: SDPA
+        q, k, v = _qkv(d=32)
+        assert attention.attention(q, k, v).shape == q.shape and CALLS == [called]
     q, k, v = _qkv()
     mask = torch.ones(24, 40, dtype=torch.bool)
     mask[:, 30:] = False
@@ -195,6 +203,7 @@ def test_comfy_uses_the_host_function_in_its_own_layout(libs):
     def optimized_attention(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kw):
         assert skip_reshape and skip_output_reshape and q.shape[1] == heads
         CALLS.append("host")
+        k -= k.mean(dim=2, keepdim=True)             # the host's sage path smooths k in place
         return F.scaled_dot_product_attention(q, k, v)
     ab.set_host_attention(lambda: optimized_attention)
     resolved = _run("comfy")
