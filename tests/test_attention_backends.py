@@ -175,6 +175,29 @@ def test_named_library_with_wrong_numbers_is_refused(libs):
         ab.resolve("sageattention", "cpu")
 
 
+def test_a_call_the_library_refuses_is_served_by_sdpa_with_one_warning(libs, caplog):
+    def flash_attn_func(q, k, v, softmax_scale=None):
+        if k.shape[1] == 40:                      # a key count no test call had
+            raise RuntimeError("unsupported sequence length")
+        return _sdpa_bld(q, k, v, softmax_scale)
+    libs(flash_attn=_module("flash_attn", flash_attn_func=flash_attn_func))
+    attention.set_backend(ab.resolve("flash_attn", "cpu").backend)
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            torch.testing.assert_close(attention.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert sum("SDPA serves such calls" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_self_check_covers_short_key_sets(libs):
+    def flash_attn_func(q, k, v, softmax_scale=None):
+        out = _sdpa_bld(q, k, v, softmax_scale)
+        return out * 2 if k.shape[1] < 100 else out     # wrong only for the audio tokens' key count
+    libs(flash_attn=_module("flash_attn", flash_attn_func=flash_attn_func))
+    with pytest.raises(ab.AttentionUnavailable, match="with 64 keys differs from SDPA"):
+        ab.resolve("flash_attn", "cpu")
+
+
 def test_unknown_value_names_its_source():
     with pytest.raises(ValueError, match="environment variable X='sage' is not one of auto, sdpa, comfy"):
         ab.resolve("sage", "cpu", "environment variable X")
