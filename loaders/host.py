@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import comfy.model_management as mm
 import comfy.model_patcher
 
+from ..models.attention import USER_CHOICES as ATTENTION_CHOICES  # noqa: F401 - the node's options
+from ..models.attention_backends import AUTO_ORDER as AUTO_ATTENTION  # noqa: F401 - its tooltip
 # re-exported: the nodes reach the model folders through this one host module
 from .model_folders import (file_key, fingerprint, folder_hint, list_models,  # noqa: F401
                             missing_file, register_folders, resolve_model)
-from ..models.attention import USER_CHOICES as ATTENTION_CHOICES  # noqa: F401 - the node's options
-from ..models.attention_backends import AUTO_ORDER as AUTO_ATTENTION  # noqa: F401 - its tooltip
 from .streaming import StreamedDiT, choose_placement, weight_bytes
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,8 @@
 Every attention call of every model goes through :func:`attention`, so a faster kernel (flash,
 sage, a fused GPU path) plugs in with :func:`register_backend` + :func:`set_backend` without touching
 model code. Numerics follow the official InfiniteTalk implementation: softmax(q·kᵀ/√d)·v.
+The user's choices (:data:`USER_CHOICES`: the libraries, the host's own attention, ``auto``) are
+resolved and registered by models/attention_backends.py.
 """
 from __future__ import annotations
 
