@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import infinitetalk.samplers.loop as loop
 from golden import assert_close, golden_cases
 from infinitetalk.models.wan_dit import WanModel
+from infinitetalk.samplers.guidance import pass_names
 from infinitetalk.samplers.loop import Settings, generate
 
 CASES = (golden_cases("loop_stream_single") + golden_cases("loop_stream_dubbing")
@@ -146,9 +147,10 @@ def runs():
 
 @pytest.fixture
 def run(case, runs, monkeypatch):
-    if case.id not in runs:
-        runs[case.id] = _run(case, monkeypatch)
-    return runs[case.id]
+    key = (case.root, case.family)
+    if key not in runs:
+        runs[key] = _run(case, monkeypatch)
+    return runs[key]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -188,7 +190,9 @@ def test_stream_sampling_per_window(case, run):
             assert key in traced, f"missing trace {key}"
             assert_close(traced[key].reshape(ref.shape), ref, ATOL, key)
             checked += 1
-    assert checked == c["n_windows"] * (1 + c["sampling"]["steps"] * 5)  # latent_in, t, 3 preds; x0
+    s = c["sampling"]
+    per_step = 2 + len(pass_names(s["text_guide_scale"], s["audio_guide_scale"]))  # latent_in, t, predictions
+    assert checked == c["n_windows"] * (1 + s["steps"] * per_step)
     for k, window in enumerate(c["windows"]):
         motion = out[f"w{k}.motion_latent"]
         assert motion.shape[1] == window["motion_frames_latents"]
