@@ -259,14 +259,17 @@ class WanModel(nn.Module):
         guard = getattr(self, "compile_guard", None)
         return guard.failed if guard else None
 
-    def forward(self, x, t, context, clip_fea, y, audio, ref_target_masks=None):
+    def forward(self, x, t, context, clip_fea, y, audio, ref_target_masks=None, block_cache=None):
         """Velocity prediction.
 
         x [B, 16, T, H, W] noisy latent; t [B] timestep (0..1000, shifted); context [B, Lt, text_dim]
         (Lt <= text_len, zero-padded inside); clip_fea [B, 257, 1280]; y [B, 20, T, H, W];
         audio [N, F, 5, 12, 768] for N = 1 or 2 speakers, F = vae_scale·(T−1)+1 (shared by the batch);
         ref_target_masks [3, H, W] (speaker 1, speaker 2, background) or None (one speaker only).
-        Returns [B, out_dim, T, H, W] float32.
+        block_cache: optional step cache around the block stack (e.g. the official TeaCache): an object with
+        ``reuse(e0, x) -> tokens | None`` (called with e0 [B, 6, dim] fp32 and the block-0 input x [B, L, dim];
+        a tensor replaces the whole block stack's output) and ``store(x_in, x_out)`` (called after the blocks
+        ran). Returns [B, out_dim, T, H, W] float32.
         """
         dtype = self.compute_dtype or self.patch_embedding.weight.dtype
         # 1. Patch embedding: [B, 36, T, H, W] -> [B, dim, T, H/2, W/2] -> tokens [B, L, dim].
@@ -277,20 +280,31 @@ class WanModel(nn.Module):
         sinus = sinusoidal_embedding(t.to(h.device), self.freq_dim)  # [B, freq_dim] fp32
         e = self.time_embedding(sinus.to(dtype)).float()  # [B, dim]
         e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.dim))  # [B, 6, dim]
-        # 3. Text and CLIP context.
+        # 3. The block stack, or the cache's stand-in for it (then no text/audio/block work runs).
+        cached = block_cache.reuse(e0, h) if block_cache is not None else None
+        if cached is not None:
+            h = cached
+        else:
+            out = self._blocks(h, e0, grid, context, clip_fea, audio, ref_target_masks, dtype)
+            if block_cache is not None:
+                block_cache.store(h, out)
+            h = out
+        # 4. Head and unpatchify.
+        return self.unpatchify(self.head(h, e), grid).float()
+
+    def _blocks(self, h, e0, grid, context, clip_fea, audio, ref_target_masks, dtype) -> torch.Tensor:
+        """Text, CLIP and audio context, then every block: tokens [B, L, dim] -> [B, L, dim]."""
         text = self.text_embedding(self._pad_text(context.to(dtype)))  # [B, text_len, dim]
         image = self.img_emb(clip_fea.to(dtype))  # [B, 257, dim]
-        # 4. Audio tokens per latent frame, speakers concatenated on the token axis.
+        # Audio tokens per latent frame, speakers concatenated on the token axis.
         audio_tokens, speakers = self._audio_tokens(audio.to(device=h.device, dtype=dtype), grid[0])
         audio_tokens = audio_tokens.expand(h.shape[0], -1, -1, -1)  # [B, T, 32·N, C]
-        # 5. Speaker class masks (only where the routing map is used).
+        # Speaker class masks (only where the routing map is used).
         class_masks = self._class_masks(ref_target_masks, grid, speakers, h.device)
-        # 6. Blocks.
         rope = rope_table_3d(grid, self.dim // self.num_heads, h.device)
         for block in self.blocks:
             h = block(h, e0, text, image, audio_tokens, grid, rope, class_masks, speakers)
-        # 7. Head and unpatchify.
-        return self.unpatchify(self.head(h, e), grid).float()
+        return h
 
     def _pad_text(self, context: torch.Tensor) -> torch.Tensor:
         """[B, Lt, text_dim] -> [B, text_len, text_dim] zero-padded (no text mask: all rows are attended)."""

@@ -13,7 +13,8 @@ from comfy_api.latest import InputImpl
 from ..loaders import host
 from ..samplers import conditioning as C
 from ..samplers.loop import Settings, generate
-from ..samplers.presets import get_preset
+from ..samplers.presets import get_preset, modes_tooltip
+from ..samplers.teacache import OFFICIAL_THRESHOLD
 from ..samplers.video_file import FrameReader, Mp4Writer, reserve_output_path
 from .types import CATEGORY, Audio, Model, Text, adv, input_error
 
@@ -50,11 +51,11 @@ def _reference(image, video):
 
 
 def _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution, width,
-              height, color_correction, motion_frames, apg, step_cache, max_frames) -> Settings:
+              height, color_correction, motion_frames, apg, teacache_thresh, max_frames) -> Settings:
     preset = get_preset(mode)
     bucket = resolution if resolution in ("480p", "720p") else "480p"
     over = {"seed": int(seed), "family": model.family.lower(), "color_strength": color_correction,
-            "apg": bool(apg), "cache_threshold": float(step_cache),
+            "apg": bool(apg), "teacache_thresh": float(teacache_thresh),
             "device": model.patcher.load_device, "dit_dtype": model.dtype}
     if steps > 0:
         over["steps"] = steps
@@ -153,15 +154,16 @@ class InfiniteTalkSampler(io.ComfyNode):
                               tooltip="Two speakers: [3, H, W] from InfiniteTalk Speaker Masks. Not "
                                       "connected: left half = speaker 1, right half = speaker 2."),
                 io.Combo.Input("mode", options=["standard", "fast"], default="standard",
-                               tooltip="standard: official 40 steps, text + audio guidance. fast: 4-8 "
-                                       "steps for FusionX / lightx2v distilled weights or LoRAs."),
+                               tooltip=modes_tooltip()),
                 io.Int.Input("steps", default=0, min=0, max=200,
                              tooltip="Sampling steps per window. 0 = the mode's preset (40 / 8)."),
                 io.Float.Input("text_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
-                               tooltip="Text guidance scale. -1 = preset (5 standard, 1 fast)."),
+                               tooltip="Text guidance scale. -1 = preset (5 standard, 1 fast). 1 = off, "
+                                       "one DiT pass per step fewer."),
                 io.Float.Input("audio_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
                                tooltip="Audio guidance scale (lip-sync strength). -1 = preset (4 "
-                                       "standard, 2 fast)."),
+                                       "standard, 2 fast). 1 = off, one DiT pass per step fewer (text and "
+                                       "audio both 1: a single pass per step)."),
                 io.Float.Input("shift", default=0.0, min=0.0, max=50.0, step=0.1,
                                tooltip="Noise schedule shift. 0 = auto (7 at 480p, 11 at 720p, 2 fast)."),
                 io.Int.Input("seed", default=42, min=0, max=2**63 - 1, control_after_generate=True,
@@ -182,9 +184,14 @@ class InfiniteTalkSampler(io.ComfyNode):
                 io.Boolean.Input("apg", default=False,
                                  tooltip="Adaptive projected guidance (reduces over-saturation at high "
                                          "guidance).", **adv()),
-                io.Float.Input("step_cache", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Skip DiT passes whose input barely changed (TeaCache-style "
-                                       "threshold; 0 = off, ~0.2 = faster, slightly softer).", **adv()),
+                io.Float.Input("teacache_thresh", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip=f"The official TeaCache (0 = off; the official setting is "
+                                       f"{OFFICIAL_THRESHOLD}). After 5 warm-up steps, a guidance pass whose "
+                                       f"timestep embedding moved little since its last computed step "
+                                       f"reuses that step's block residual instead of running the DiT "
+                                       f"blocks: faster, at some cost in fine detail and motion; higher "
+                                       f"skips more steps. Keeps one residual per pass on the GPU (about "
+                                       f"0.3 GB each at 480p, 0.8 GB at 720p).", **adv()),
                 io.Int.Input("max_frames", default=0, min=0, max=1_000_000,
                              tooltip="Stop after this many frames (25 per second). 0 = the whole audio."),
                 io.Int.Input("image_frames_limit", default=250, min=0, max=100_000,
@@ -199,7 +206,7 @@ class InfiniteTalkSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, text, audio, vae, clip_vision, mode, steps, text_guidance,
                 audio_guidance, shift, seed, resolution, width, height, color_correction,
-                motion_frames, apg, step_cache, max_frames, image_frames_limit, image=None,
+                motion_frames, apg, teacache_thresh, max_frames, image_frames_limit, image=None,
                 video=None, masks=None) -> io.NodeOutput:
         if masks is not None and (masks.dim() != 3 or masks.shape[0] != 3):
             raise input_error(NODE, "masks", f"expected [3, H, W] speaker masks, got "
@@ -209,7 +216,7 @@ class InfiniteTalkSampler(io.ComfyNode):
             raise input_error(NODE, "masks", f"masks are {masks.shape[2]}x{masks.shape[1]} but the image "
                               f"is {ref_hw[1]}x{ref_hw[0]}", "Make the masks from this image")
         settings = _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution,
-                             width, height, color_correction, motion_frames, apg, step_cache,
+                             width, height, color_correction, motion_frames, apg, teacache_thresh,
                              max_frames)
         path, images, frames = run(model, text, audio, vae, clip_vision, image, video, masks,
                                    settings, image_frames_limit)

@@ -4,7 +4,8 @@ Numerics follow the official InfiniteTalk ``generate_infinitetalk`` (and MultiTa
 VAE and CLIP arrive as callables, so this module never imports the host:
 
 * ``dit(x [1,16,T,h,w], t [1], context [1,L,D], clip_fea [1,257,1280], y [1,20,T,h,w], audio [N,F,5,12,768],
-  ref_target_masks=[3,h,w]) -> [1,16,T,h,w]``
+  ref_target_masks=[3,h,w]) -> [1,16,T,h,w]``; with TeaCache on (``teacache_thresh`` > 0) it also gets
+  ``block_cache=`` (see ``WanModel.forward``)
 * ``vae_encode(frames [n,H,W,3] 0..1) -> normalised latent [16, 1+(n-1)//4, H/8, W/8]``
 * ``vae_decode(latent [16,T,h,w]) -> frames [4(T-1)+1, H, W, 3] 0..1``
 * ``clip_encode(frame [H,W,3] 0..1) -> [1, 257, 1280]``
@@ -26,10 +27,11 @@ import torch
 from .audio import window_audio
 from .color import match_colors
 from .conditioning import build_y, cover_resize_crop, frame_mask, padded_clip, target_size
-from .guidance import APG, StepCache, combine, null_audio, pass_inputs, pass_names
+from .guidance import APG, combine, null_audio, pass_inputs, pass_names
 from .masks import speaker_masks
 from .presets import get_preset
 from .schedule import add_noise, euler_step, timesteps
+from .teacache import TeaCache
 from .windows import Window, WindowPlan, latent_frames, plan_windows
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class Settings:
     apg: bool = False
     apg_momentum: float = -0.75
     apg_norm_threshold: float = 55.0
-    cache_threshold: float = 0.0          # step cache; 0 = off
+    teacache_thresh: float = 0.0          # the official TeaCache threshold (CLI default 0.2); 0 = off
     device: str | torch.device = "cpu"
     dit_dtype: torch.dtype | None = None  # None: the DiT module's parameter dtype (fp32 for plain callables)
 
@@ -66,8 +68,8 @@ class Settings:
         if not 0.0 <= self.color_strength <= 1.0:
             raise ValueError(f"sampler settings: colour correction strength must be in 0..1, got "
                              f"{self.color_strength}")
-        if self.cache_threshold < 0:
-            raise ValueError(f"sampler settings: step cache threshold must be >= 0, got {self.cache_threshold}")
+        if self.teacache_thresh < 0:
+            raise ValueError(f"sampler settings: teacache_thresh must be >= 0, got {self.teacache_thresh}")
 
     @classmethod
     def from_preset(cls, mode: str, resolution: str = "480p", **overrides) -> "Settings":
@@ -86,7 +88,7 @@ class GenerationResult:
     height: int
     width: int
     plan: WindowPlan
-    skipped_passes: int   # DiT passes served by the step cache
+    skipped_passes: int   # DiT passes whose block stack TeaCache skipped
 
 
 @dataclass
@@ -132,12 +134,12 @@ def _pin(latent: torch.Tensor, ctx: Context, t: torch.Tensor | None) -> None:
 
 def sample_window(dit: Callable, noise: torch.Tensor, inputs: WindowInputs, settings: Settings,
                   ctx: Context | None = None, on_step: Callable[[], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, cache: StepCache | None = None,
+                  should_stop: Callable[[], bool] | None = None, cache: TeaCache | None = None,
                   trace: Callable[[str, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Denoise one window from ``noise`` [16, T, h, w] (fp32) and return x0 [16, T, h, w] (fp32)."""
     ctx = ctx or Context()
     schedule = timesteps(settings.steps, settings.shift)
-    names = pass_names(settings.text_scale)
+    names = pass_names(settings.text_scale, settings.audio_scale)
     audio_null = null_audio(inputs.audio)
     apg = APG(settings.apg_momentum, settings.apg_norm_threshold) if settings.apg else None
     dtype = inputs.y.dtype
@@ -151,11 +153,8 @@ def sample_window(dit: Callable, noise: torch.Tensor, inputs: WindowInputs, sett
         preds = {}
         for name in names:
             context, audio = pass_inputs(name, inputs.context, inputs.context_null, inputs.audio, audio_null)
-            args = (context, inputs.clip_fea, inputs.y, audio)
-            if cache is not None:
-                out = cache(name, i, x, t, *args, ref_target_masks=inputs.masks)
-            else:
-                out = dit(x, t, *args, ref_target_masks=inputs.masks)
+            extra = {} if cache is None else {"block_cache": cache.slot(name)}
+            out = dit(x, t, context, inputs.clip_fea, inputs.y, audio, ref_target_masks=inputs.masks, **extra)
             preds[name] = out[0].float()
         if trace is not None:
             trace(f"step{i}.latent_in", latent.clone())
@@ -163,6 +162,10 @@ def sample_window(dit: Callable, noise: torch.Tensor, inputs: WindowInputs, sett
             for name, pred in preds.items():
                 trace(f"step{i}.{name}.noise_pred", pred)
         velocity = combine(preds, settings.text_scale, settings.audio_scale, apg)
+        if trace is not None and apg is not None:
+            for term in apg.running:
+                trace(f"step{i}.apg_{term}.running_average", apg.running[term])
+                trace(f"step{i}.apg_{term}.update", apg.updates[term])
         latent = euler_step(latent, velocity, schedule[i], schedule[i + 1])
         _pin(latent, ctx, schedule[i + 1])
         _pin(latent, ctx, None)
@@ -279,12 +282,12 @@ def generate(dit: Callable, vae_encode: Callable, vae_decode: Callable, clip_enc
     color_ref = source.frame(0) if settings.color_strength > 0 else None
     dtype = _dit_dtype(dit, settings)
     rng = torch.Generator(device="cpu").manual_seed(settings.seed)
-    cache = (StepCache(dit, settings.steps, settings.cache_threshold, settings.resolution)
-             if settings.cache_threshold > 0 else None)
+    cache = TeaCache(settings.teacache_thresh, settings.resolution) if settings.teacache_thresh > 0 else None
     total, done, emitted = len(plan) * settings.steps, 0, 0
     history, keyframes = None, {}
-    log.info("generating %d frames at %dx%d in %d windows (%d steps each)", plan.total_frames, source.width,
-             source.height, len(plan), settings.steps)
+    passes = len(pass_names(settings.text_scale, settings.audio_scale))
+    log.info("generating %d frames at %dx%d in %d windows (%d steps each, %d DiT passes per step)",
+             plan.total_frames, source.width, source.height, len(plan), settings.steps, passes)
 
     def step_done() -> None:
         nonlocal done
@@ -315,5 +318,8 @@ def generate(dit: Callable, vae_encode: Callable, vae_decode: Callable, clip_enc
         emitted += len(new)
         history = frames[-plan.motion_frames:].clone()
         del frames, new, x0
+    if cache is not None:
+        log.info("TeaCache (threshold %g) skipped the blocks of %d of %d DiT passes", settings.teacache_thresh,
+                 cache.skipped, len(plan) * settings.steps * passes)
     return GenerationResult(frames=emitted, height=source.height, width=source.width, plan=plan,
                             skipped_passes=cache.skipped if cache is not None else 0)

@@ -2,7 +2,8 @@
 
 Every fixture folder under ``tests/fixtures/golden/`` and under each root named in the environment
 variable ``INFINITETALK_GOLDEN_DIRS`` (colon-separated) becomes a case. A case's pytest id is
-``<root folder name>/<family folder>``, e.g. ``golden/dit_multi``. Sizes are read from ``case.json``.
+``<root folder name>/<family folder>``, e.g. ``golden/dit_multi`` (``fixtures/golden/dit_multi`` and
+``shared/golden/dit_multi`` when two roots share a folder name). Sizes are read from ``case.json``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ def golden_roots() -> list[Path]:
     return roots
 
 
+def root_label(root: Path) -> str:
+    """The root's folder name, with its parent's when another root has the same name (both are ``golden``
+    for the built-in copy and ``../shared/golden``)."""
+    if sum(r.name == root.name for r in golden_roots()) > 1:
+        return f"{root.parent.name}/{root.name}"
+    return root.name
+
+
 @dataclass(frozen=True)
 class GoldenCase:
     root: Path
@@ -38,7 +47,7 @@ class GoldenCase:
 
     @property
     def id(self) -> str:
-        return f"{self.root.name}/{self.family}"
+        return f"{root_label(self.root)}/{self.family}"
 
     @cached_property
     def case(self) -> dict:

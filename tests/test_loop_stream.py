@@ -156,9 +156,30 @@ def test_multitalk_two_speakers_renoised_context():
     assert sum(len(g) for g in got) == 40 and [w.start for w in result.plan.windows][:2] == [0, 12]
 
 
-def test_step_cache_skips_passes():
-    result, got = run(10, steps=8, cache_threshold=1e9)
-    assert result.skipped_passes == 4 and sum(len(g) for g in got) == 10  # steps 5 and 6, 2 passes each
+def test_teacache_skips_block_stacks_per_pass():
+    runs = []
+    hook = tiny_dit().blocks[0].register_forward_hook(lambda *_: runs.append(1))
+    try:
+        result, got = run(10, steps=8, teacache_thresh=1e30)  # reuse whenever allowed
+    finally:
+        hook.remove()
+    # 2 passes per step (text 1): 5 warm-up steps computed, steps 5..7 reuse each pass's own residual
+    assert result.skipped_passes == 6 and len(runs) == 10 and sum(len(g) for g in got) == 10
+
+
+@pytest.mark.parametrize("scales, passes", [((1.0, 1.0), 1), ((1.0, 2.0), 2), ((5.0, 1.0), 2), ((5.0, 4.0), 3)])
+def test_dit_passes_per_step_follow_guidance(scales, passes):
+    calls = []
+
+    def dit(x, t, context, clip_fea, y, audio, ref_target_masks=None):
+        calls.append((context.shape[1], bool(audio.any())))
+        return tiny_dit()(x, t, context, clip_fea, y, audio, ref_target_masks)
+
+    image, audio, text = inputs(10)
+    generate(dit, vae_encode, vae_decode, clip_encode, image, audio, text,
+             settings(steps=2, text_scale=scales[0], audio_scale=scales[1]))
+    assert len(calls) == 2 * passes
+    assert calls[0] == (7, True)  # cond: text + audio
 
 
 def _measure(frames: int) -> dict:

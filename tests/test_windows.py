@@ -73,20 +73,22 @@ def test_plan_errors():
 @pytest.mark.parametrize("case", golden_cases("loop_single_cfg3") + golden_cases("loop_multi_cfg3"))
 def test_audio_indices_golden_loop(case):
     inp = case.inputs()
-    assert torch.equal(audio_indices(0, 9, inp["audio_full"].shape[1]), inp["dit_audio_indices"])
+    frames = case.case["sampling"]["frame_num"]
+    assert torch.equal(audio_indices(0, frames, inp["audio_full"].shape[1]), inp["dit_audio_indices"])
 
 
 @pytest.mark.parametrize("case", golden_cases("audio_features"))
 def test_audio_windows_golden_features(case):
     out = case.outputs()
     emb = out["embedding"][None]
+    clip = case.case["windowing"]["clip_len"]
     for key in out:
         if key.endswith(".indices"):
             start = int(key.split(".")[0].removeprefix("window_start"))
-            idx = audio_indices(start, 9, emb.shape[1])
+            idx = audio_indices(start, clip, emb.shape[1])
             assert torch.equal(idx, out[key]), key
             prefix = key.removesuffix(".indices")
-            assert torch.equal(window_audio(emb, start, 9, emb.shape[1]), out[f"{prefix}.audio"]), prefix
+            assert torch.equal(window_audio(emb, start, clip, emb.shape[1]), out[f"{prefix}.audio"]), prefix
 
 
 def test_end_padding_equals_reversed_tail():
@@ -99,3 +101,40 @@ def test_end_padding_equals_reversed_tail():
     assert torch.equal(window_audio(emb, start, 81, end + 3), expected)
     # short audio keeps reflecting
     assert mirror_index(torch.arange(12), 4).tolist() == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3]
+
+
+STREAM_CASES = (golden_cases("loop_stream_single") + golden_cases("loop_stream_dubbing")
+                + golden_cases("loop_stream_multi"))
+
+
+def stream_plan(case):
+    """Our plan for a loop_stream case, from the case's own sizes."""
+    s, inp = case.case["sampling"], case.inputs()
+    video = inp.get("cond_video_u8")
+    return plan_windows(min(s["audio_len"]), frame_num=s["frame_num"], motion_frames=s["motion_frame"],
+                        max_frames=s["max_frames_num"], source_frames=None if video is None else len(video))
+
+
+@pytest.mark.parametrize("case", STREAM_CASES)
+def test_stream_windows_golden(case):
+    c, inp, out = case.case, case.inputs(), case.outputs()
+    plan = stream_plan(case)
+    assert len(plan) == c["n_windows"] == len(c["windows"])
+    assert plan.total_frames == c["final_frames"]
+    speakers = [inp[f"audio_emb_person{i + 1}"] for i in range(c["sampling"]["human_num"])]
+    for w, want in zip(plan.windows, c["windows"]):
+        assert (w.start, w.end) == (want["audio_start_idx"], want["audio_end_idx"])
+        assert (w.index == len(plan) - 1) == want["is_last"]
+        assert [w.audio_length] * len(speakers) == want["audio_len_used"]
+        assert [w.audio_length > len(a) for a in speakers] == want["audio_padded_in_this_window"]
+        assert w.reference_frame == want["reference_frame_used"]
+        assert w.emit_offset == want["emitted_window_frames"][0]
+        begin, end = want["emitted_global_frames"]
+        assert (w.emit_start, w.emit_start + w.emit_count) == (begin, min(end, c["final_frames"]))
+        idx = audio_indices(w.start, plan.frame_num, w.audio_length)
+        assert torch.equal(idx, out[f"w{w.index}.audio_indices"])
+        for a, padded_len in zip(speakers, c["padded_audio_lens"]):
+            miss = padded_len - len(a)  # the reference's padding: the reversed tail appended once
+            padded = torch.cat([a, torch.flip(a[len(a) - miss:], dims=[0])]) if miss > 0 else a
+            got = window_audio(a[None], w.start, plan.frame_num, w.audio_length)[0]
+            assert torch.equal(got, padded[idx])

@@ -14,7 +14,7 @@ EXPECTED = {
     "InfiniteTalkSpeakerMask": ({"image", "method", "boxes"}, {"mask_1", "mask_2"}),
     "InfiniteTalkSampler": ({"model", "text", "audio", "vae", "clip_vision", "mode", "steps",
                              "text_guidance", "audio_guidance", "shift", "seed", "resolution", "width",
-                             "height", "color_correction", "motion_frames", "apg", "step_cache",
+                             "height", "color_correction", "motion_frames", "apg", "teacache_thresh",
                              "max_frames", "image_frames_limit"}, {"image", "video", "masks"}),
     "InfiniteTalkVideoCombine": ({"frame_rate", "quality", "filename_prefix"},
                                  {"video", "images", "audio"}),

@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 import pytest
 
+from .server import PromptRejected
 from tiny.host_files import (REPO, TINY_SAMPLER, WORKFLOWS_API, copy_demo_inputs, load_api_workflow,
                              tiny_graph, write_user_models)
 
@@ -112,6 +113,30 @@ def test_long_workflow_covers_the_whole_audio(tiny_host):
                        inputs={"long_speech.wav": "test_long_speech.wav"})
     path = output_mp4(tiny_host, tiny_host.run(graph, timeout=600))
     check_mp4(path, frames=int(LONG_SECONDS * FPS))
+
+
+def test_teacache_and_one_pass_guidance_through_the_host(tiny_host):
+    """teacache_thresh on past its 5-step warm-up and both guidance scales 1 (one DiT pass per step): the
+    sampler's block_cache reaches the loaded DiT through the host, and the mp4 comes out."""
+    graph = tiny_graph(load_api_workflow("infinitetalk_single"),
+                       sampler={**TINY_SAMPLER, "steps": 7, "text_guidance": 1.0, "audio_guidance": 1.0,
+                                "teacache_thresh": 0.2, "max_frames": 17})
+    path = output_mp4(tiny_host, tiny_host.run(graph, timeout=600))
+    check_mp4(path, frames=17)
+    log = tiny_host.log_text()
+    assert "(7 steps each, 1 DiT passes per step)" in log
+    assert "TeaCache (threshold 0.2) skipped the blocks of" in log
+
+
+def test_old_step_cache_input_is_refused_by_name(tiny_host):
+    """API graphs saved before the rename: one clear rejection naming the new input (UI workflows keep
+    working: widget values are stored by position, and the value keeps its meaning)."""
+    graph = tiny_graph(load_api_workflow("infinitetalk_single"))
+    sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "InfiniteTalkSampler")
+    sampler["step_cache"] = sampler.pop("teacache_thresh")
+    with pytest.raises(PromptRejected) as err:
+        tiny_host.queue(graph)
+    assert any("teacache_thresh" in m for m in err.value.messages()), err.value.messages()
 
 
 def test_api_client_uploads_queues_and_reports_the_mp4(tiny_host, tmp_path):
