@@ -277,9 +277,7 @@ class WanModel(nn.Module):
         grid = tuple(h.shape[2:])
         h = h.flatten(2).transpose(1, 2)  # [B, L, dim], (t, h, w) row-major
         # 2. Time embedding (kept fp32 for the modulation).
-        sinus = sinusoidal_embedding(t.to(h.device), self.freq_dim)  # [B, freq_dim] fp32
-        e = self.time_embedding(sinus.to(dtype)).float()  # [B, dim]
-        e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.dim))  # [B, 6, dim]
+        e, e0 = self.time_modulation(t.to(h.device), dtype)
         # 3. The block stack, or the cache's stand-in for it (then no text/audio/block work runs).
         cached = block_cache.reuse(e0, h) if block_cache is not None else None
         if cached is not None:
@@ -291,6 +289,14 @@ class WanModel(nn.Module):
             h = out
         # 4. Head and unpatchify.
         return self.unpatchify(self.head(h, e), grid).float()
+
+    def time_modulation(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """t [B] -> (e [B, dim], e0 [B, 6, dim]), both fp32: the head's and the blocks' modulation (e0 is
+        also what TeaCache compares)."""
+        sinus = sinusoidal_embedding(t, self.freq_dim)  # [B, freq_dim] fp32
+        e = self.time_embedding(sinus.to(dtype)).float()  # [B, dim]
+        e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.dim))  # [B, 6, dim]
+        return e, e0
 
     def _blocks(self, h, e0, grid, context, clip_fea, audio, ref_target_masks, dtype) -> torch.Tensor:
         """Text, CLIP and audio context, then every block: tokens [B, L, dim] -> [B, L, dim]."""
