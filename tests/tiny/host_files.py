@@ -274,15 +274,7 @@ def write_user_models(models_dir: str | os.PathLike, vae_dim: int = 1,
         raise RuntimeError(f"tiny/dit_files.py wrote the base model at {written['model']}; "
                            f"expected diffusion_models/{USER_FILES['base']}")
     shutil.copyfile(models / written["lora"], models / "loras" / USER_FILES["fusionx_lora"])
-    # Full models (base + adapter in one file), quantized the optimum-quanto way, with their maps.
-    base_w = D.random_weights(D.base_shapes(D.TINY), seed)
-    for role, adapter_seed, qtype, map_name in (
-            ("int8", seed + 1, "qint8", "infinitetalk_single_int8.json"),
-            ("fp8", seed + 1, "qfloat8_e4m3fn", "infinitetalk_single_fp8.json"),
-            ("fusionx", seed + 2, "qint8", "quantization_map_int8_FusionX.json")):
-        full = {**base_w, **D.random_weights(D.audio_shapes(D.TINY), adapter_seed)}
-        modules = [m for m in D.linear_modules(full) if m.startswith("blocks.")]
-        D.write_quanto(models / "diffusion_models" / USER_FILES[role], full, qtype, modules, map_name, D.TINY)
+    write_quant_models(models, seed)
     # umT5 (official .pth + the google/umt5-xxl tokenizer folder beside it) at the DiT's text width.
     t5_cfg = {**TA.TINY_T5, "dim": D.TINY["text_dim"]}
     (models / "text_encoders").mkdir(parents=True, exist_ok=True)
@@ -294,6 +286,23 @@ def write_user_models(models_dir: str | os.PathLike, vae_dim: int = 1,
     write_host_models(models, vae_name=USER_FILES["vae"], clip_name=USER_FILES["clip_vision"],
                       vae_dim=vae_dim, cache_dir=cache_dir)
     return dict(USER_FILES)
+
+
+def write_quant_models(models_dir: str | os.PathLike, seed: int = 0) -> None:
+    """The "int8", "fp8" and "FusionX" full models (base + adapter in one file), quantized the
+    optimum-quanto way (every block Linear as ``.weight._data`` + ``._scale``), with their maps."""
+    from tiny import dit_files as D
+
+    models = Path(models_dir)
+    base_w = D.random_weights(D.base_shapes(D.TINY), seed)
+    for role, adapter_seed, qtype, map_name in (
+            ("int8", seed + 1, "qint8", "infinitetalk_single_int8.json"),
+            ("fp8", seed + 1, "qfloat8_e4m3fn", "infinitetalk_single_fp8.json"),
+            ("fusionx", seed + 2, "qint8", "quantization_map_int8_FusionX.json")):
+        full = {**base_w, **D.random_weights(D.audio_shapes(D.TINY), adapter_seed)}
+        shapes = {k: tuple(v.shape) for k, v in full.items()}      # linear_modules reads shapes
+        modules = [m for m in D.linear_modules(shapes) if m.startswith("blocks.")]
+        D.write_quanto(models / "diffusion_models" / USER_FILES[role], full, qtype, modules, map_name, D.TINY)
 
 
 DEMO_DIR = REPO / "demo"
