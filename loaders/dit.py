@@ -20,7 +20,7 @@ from ..models.ops import TorchOps
 from ..models.wan_dit import WanModel
 from . import keymaps as km
 from .detect import FileInfo, describe, detect
-from .files import LoaderError, WeightFile, open_weights, read_json
+from .files import LoaderError, WeightFile, blame, open_weights, read_json
 from .fp8 import Fp8AsQuanto, fp8_linear_modules, fp8_quant_map
 from .lora import LoraReport, apply_loras
 from .quanto import QuantoLinear, QuantoOps, find_quant_map, prepare_quantized
@@ -145,6 +145,10 @@ def resolve_config(src: WeightFile, info: FileInfo, adapter: FileInfo | None, ex
                 raise LoaderError(f"{where}: shapes disagree: it says {key}={value} but the weights have "
                                   f"{key}={derived[key]}. Use the config that belongs to these weights.")
             cfg[key] = value
+    heads = cfg.get("num_heads")
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise LoaderError(f"{src.path}: num_heads must be a positive whole number, the config says "
+                          f"{str(heads)[:40]!r}. Fix config.json / the file's 'config' metadata (Wan2.1-14B: 40).")
     if cfg["dim"] % cfg["num_heads"]:
         raise LoaderError(f"{src.path}: num_heads {cfg['num_heads']} does not divide dim {cfg['dim']}.")
     return cfg
@@ -278,26 +282,38 @@ def load_dit(model_path, adapter_path=None, loras=(), dtype: torch.dtype = torch
         ``QuantoLinear`` whatever this is.
     """
     model_path = Path(model_path)
-    src = _open_model(model_path)
-    info = detect(src)
-    _check_model_slot(info, model_path, adapter_path is not None)
+    try:
+        src = _open_model(model_path)
+        info = detect(src)
+        _check_model_slot(info, model_path, adapter_path is not None)
+    except LoaderError as err:
+        raise blame(err, "model")
     sources, adapter_info = [src], None
     if adapter_path is not None:
-        adapter = open_weights(adapter_path)
-        adapter_info = detect(adapter)
-        _check_adapter_slot(adapter_info, Path(adapter_path), info)
+        try:
+            adapter = open_weights(adapter_path)
+            adapter_info = detect(adapter)
+            _check_adapter_slot(adapter_info, Path(adapter_path), info)
+        except LoaderError as err:
+            raise blame(err, "audio_adapter")
         sources.append(adapter)
-    cfg = resolve_config(src, info, adapter_info, config)
-    qmap_path, qmap = None, None
-    if info.kind == "quanto_full":
-        qmap_path, qmap = find_quant_map(src.path, src.keys(), src.dtype)
-    model, sources, n_quantized = _build(cfg, sources, qmap, keep_quantized, operations)
-    stream_into(model, plan_keys(model, sources), dtype, device)
+    try:
+        cfg = resolve_config(src, info, adapter_info, config)
+        qmap_path, qmap = None, None
+        if info.kind == "quanto_full":
+            qmap_path, qmap = find_quant_map(src.path, src.keys(), src.dtype)
+        model, sources, n_quantized = _build(cfg, sources, qmap, keep_quantized, operations)
+        stream_into(model, plan_keys(model, sources), dtype, device)
+    except LoaderError as err:
+        raise blame(err, "model")
     model.eval()
     report = DitLoadReport(str(model_path), info.kind, None if adapter_path is None else str(adapter_path),
                            info.quant, None if qmap_path is None else str(qmap_path), dtype, cfg,
                            quantized_layers=n_quantized)
-    report.loras = apply_loras(model, loras)
+    try:
+        report.loras = apply_loras(model, loras)
+    except LoaderError as err:
+        raise blame(err, "lora")
     model.load_report = report
     log.info("loaded DiT: %s", report.summary())
     return model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -32,7 +33,21 @@ SAFETENSORS_DTYPES = {
 
 
 class LoaderError(ValueError):
-    """A weight file cannot be used: the message says which file, what is wrong and how to fix it."""
+    """A weight file cannot be used: the message says which file, what is wrong and how to fix it.
+
+    ``input`` names the node input whose file is at fault ("model", "audio_adapter", "lora", ...) when
+    the loader knows it; the nodes use it instead of guessing from the message text."""
+
+    def __init__(self, message: str, input: str | None = None):
+        super().__init__(message)
+        self.input = input
+
+
+def blame(err: LoaderError, input_name: str) -> LoaderError:
+    """Set the input to blame unless a deeper loader already did; returns ``err``."""
+    if getattr(err, "input", None) is None:
+        err.input = input_name
+    return err
 
 
 def sniff(path: Path) -> str:
@@ -41,17 +56,21 @@ def sniff(path: Path) -> str:
         head = f.read(16)
     if head[:4] == b"PK\x03\x04":
         return "torch_zip"
-    if head[:1] == b"\x80":
-        return "pickle"
+    # before the pickle test: a header length whose low byte is 0x80 starts with a pickle's opcode
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
     if head.lstrip()[:1] == b"{":
         return "index"
     return "unknown"
 
 
 def _check_safetensors_header(path: Path) -> dict:
-    """Parse the header ourselves first, so a truncated or foreign file gets a clear message."""
+    """Parse the header ourselves first, so a truncated or foreign file gets a clear message.
+
+    Messages never quote the file's bytes (not even the length field as a number): the file may be
+    anything a shard index pointed at."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -60,18 +79,41 @@ def _check_safetensors_header(path: Path) -> dict:
                               "Download it again.")
         (n,) = struct.unpack("<Q", raw)
         if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise LoaderError(f"{path}: the safetensors header claims {n} bytes but the file has {size}; "
+            raise LoaderError(f"{path}: the safetensors header length is larger than the file ({size} bytes); "
                               "the file is truncated or not a safetensors file. Download it again.")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LoaderError(f"{path}: the safetensors header is not valid JSON ({err}); "
+            raise LoaderError(f"{path}: the safetensors header is not valid JSON; "
                               "the file is damaged. Download it again.") from err
+    _check_header_entries(path, header)
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise LoaderError(f"{path}: tensor data runs to byte {8 + n + end} but the file has {size} bytes; "
                           "the download is incomplete (truncated file). Download it again.")
     return header
+
+
+def _check_header_entries(path: Path, header) -> None:
+    """Every tensor entry: {"dtype": str, "shape": [int...], "data_offsets": [begin, end]} (ints)."""
+    def ints(v, n=None):
+        return (isinstance(v, list) and (n is None or len(v) == n)
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v))
+    if not isinstance(header, dict):
+        raise LoaderError(f"{path}: the safetensors header is not a JSON object; the file is damaged. "
+                          "Download it again.")
+    for key, spec in header.items():
+        if key == "__metadata__":
+            if spec is not None and not (isinstance(spec, dict)
+                                         and all(isinstance(v, str) for v in spec.values())):
+                raise LoaderError(f"{path}: the safetensors header's __metadata__ is not a map of strings; "
+                                  "the file is damaged. Download it again.")
+            continue
+        if not (isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and ints(spec.get("shape"))
+                and ints(spec.get("data_offsets"), 2) and spec["data_offsets"][0] <= spec["data_offsets"][1]):
+            raise LoaderError(f"{path}: the safetensors header entry {str(key)[:80]!r} lacks a valid dtype, "
+                              "shape or data_offsets; the file is damaged or was not written by a safetensors "
+                              "library. Download it again.")
 
 
 class WeightFile:
@@ -144,14 +186,24 @@ class WeightFile:
         try:
             index = json.loads(path.read_text())
             weight_map = index["weight_map"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise LoaderError(f"{path}: not a shard index (expected JSON with a 'weight_map'): {err}") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise LoaderError(f"{path}: not a shard index (expected JSON with a 'weight_map').") from err
+        if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):
+            raise LoaderError(f"{path}: the index's 'weight_map' must map tensor names to shard file names "
+                              f"(found a {type(weight_map).__name__}). Download the index again.")
         shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            if not _inside(path.parent, shard):
+                raise LoaderError(f"{path}: the index names a shard {shard[:120]!r} outside its own folder; "
+                                  "shards must be plain file names next to the index. The index is refused.")
         missing = [s for s in shards if not (path.parent / s).exists()]
         if missing:
             raise LoaderError(f"{path}: shard(s) {missing} listed in the index are not in {path.parent}. "
                               "Download every shard into the same folder as the index.")
         for shard in shards:
+            if sniff(path.parent / shard) != "safetensors":
+                raise LoaderError(f"{path.parent / shard}: listed as a shard but not a safetensors file. "
+                                  "Download the shard again.")
             self._add_safetensors(path.parent / shard)
         listed, found = set(weight_map), set(self._where)
         if listed != found:
@@ -160,15 +212,22 @@ class WeightFile:
                               f"(e.g. {diff}). Re-download the shards or the index.")
 
     def _add_torch(self, path: Path, mmap: bool) -> None:
+        # torch.load picks its reader by the name (.safetensors -> safetensors); ours is picked by
+        # content, so a torch file with that name is handed over as an open file (read, not mmapped).
+        by_name = path.name.endswith(".safetensors")
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+            if by_name:
+                with open(path, "rb") as f:
+                    obj = torch.load(f, map_location="cpu", weights_only=True)
+            else:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as err:
             raise LoaderError(f"{path}: this checkpoint contains Python objects that need code execution to "
                               "load; it is refused for safety (weights_only). Convert it to .safetensors "
                               f"with a trusted tool. Detail: {str(err).splitlines()[0]}") from err
-        except (RuntimeError, EOFError, OSError) as err:
-            raise LoaderError(f"{path}: cannot read this torch checkpoint ({err}); it is damaged or "
-                              "truncated. Download it again.") from err
+        except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as err:
+            raise LoaderError(f"{path}: cannot read this torch checkpoint (a zip or pickle that is not a "
+                              "torch state dict, or damaged/truncated). Download it again.") from err
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]  # the official --dit_path .pt layout
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -236,6 +295,14 @@ class WeightFile:
 
     def __repr__(self) -> str:
         return f"WeightFile({self.path}, {len(self._where)} tensors)"
+
+
+def _inside(folder: Path, name: str) -> bool:
+    """``name`` is a relative path that stays in ``folder`` (checked on the text: no '..', no root)."""
+    if not name or "\0" in name or os.path.isabs(name) or (os.name == "nt" and ":" in name):
+        return False
+    norm = os.path.normpath(name)
+    return not (norm == ".." or norm.startswith(".." + os.sep) or norm.startswith("/"))
 
 
 def open_weights(path: str | Path) -> WeightFile:

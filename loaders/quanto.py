@@ -178,7 +178,13 @@ def find_quant_map(path: Path, keys, dtypes=None) -> tuple[Path, dict]:
     others = sorted(p for p in path.parent.glob("*.json") if p not in named and p.stat().st_size < 2**24)
     problems = []
     for candidate in named + others:
-        qmap = read_json(candidate, "quantization map")
+        try:
+            qmap = read_json(candidate, "quantization map")
+        except LoaderError as err:
+            if candidate in named:          # a file named like this file's map must be one
+                raise
+            log.debug("%s: not a quantization map (%s)", candidate.name, err)   # notes.json etc.
+            continue
         try:
             validate_quant_map(qmap, keys, candidate, dtypes)
         except LoaderError as err:

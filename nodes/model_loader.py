@@ -109,9 +109,8 @@ class InfiniteTalkModelLoader(io.ComfyNode):
         try:
             loaded = host.load_model(model_path, adapter_path, family, precision, lora or (),
                                      memory_budget_gb, attention, compile)
-        except ValueError as err:   # LoaderError and the loaders' own errors
-            raise input_error(NODE, "audio_adapter" if adapter_path and "adapter" in str(err).lower()
-                              else "model", str(err)) from None
+        except ValueError as err:   # LoaderError (knows the input it blames) and the loaders' own errors
+            raise input_error(NODE, getattr(err, "input", None) or "model", str(err)) from None
         info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")
                 + f" | {loaded.dtype} | loras: {len(lora or ())}"
                 + (" | blocks streamed from RAM" if loaded.streaming else "")
