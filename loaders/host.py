@@ -23,7 +23,7 @@ import comfy.model_patcher
 from ..models.attention import USER_CHOICES as ATTENTION_CHOICES  # noqa: F401 - the node's options
 from ..models.attention_backends import AUTO_ORDER as AUTO_ATTENTION  # noqa: F401 - its tooltip
 # re-exported: the nodes reach the model folders through this one host module
-from .model_folders import (file_key, fingerprint, folder_hint, list_models,  # noqa: F401
+from .model_folders import (file_key, fingerprint, folder_hint, list_models, public_text,  # noqa: F401
                             missing_file, register_folders, resolve_model)
 from .streaming import StreamedDiT, choose_placement, weight_bytes
 
@@ -353,8 +353,8 @@ def _fits(module, device) -> bool:
 
 def text_encoder(path: str):
     """The umT5 (model, tokenizer) for ``path``, kept in RAM between runs (one at a time; reloaded
-    when the file's mtime or size changes), moved to the text-encoder device when that device has
-    1.2x its size free at that moment, else run on the CPU."""
+    when the file's ``file_key`` changes: size, times, sampled bytes), moved to the text-encoder
+    device when that device has 1.2x its size free at that moment, else run on the CPU."""
     key = file_key(path)
     if _text_cache.get("key") != key:
         from .text import load_umt5
@@ -389,7 +389,7 @@ _speech_cache: dict = {}
 
 def load_speech_model(path: str):
     """wav2vec2 (file or Hugging Face folder) on the text-encoder device (it is small), kept between
-    runs (one at a time; reloaded when the file or folder content's mtime/size changes)."""
+    runs (one at a time; reloaded when the file or folder content's key changes)."""
     from .speech import load_wav2vec
     device, _ = text_encoder_devices()
     key = file_key(path)

@@ -5,6 +5,8 @@ import inspect
 
 from comfy_api.latest import io
 
+from ..loaders.model_folders import public_text
+
 CATEGORY = "InfiniteTalk"
 
 Model = io.Custom("INFINITETALK_MODEL")   # loaders.host.HostModel
@@ -22,6 +24,8 @@ def adv() -> dict:
 
 
 def input_error(node: str, name: str, problem: str, fix: str = "") -> ValueError:
-    """One clear message: which node, which input, what is wrong, how to fix it."""
+    """One clear message: which node, which input, what is wrong, how to fix it. The text goes to API
+    clients and the host's log: server paths are shown relative to the ComfyUI folders and anything
+    unprintable (a non-UTF-8 file name, control characters) is escaped (``public_text``)."""
     msg = f"{node}: input '{name}': {problem}"
-    return ValueError(f"{msg}. {fix}" if fix else msg)
+    return ValueError(public_text(f"{msg}. {fix}" if fix else msg))
