@@ -118,6 +118,10 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
 def apply_lora(model: nn.Module, source, strength: float = 1.0) -> LoraReport:
     """Merge one LoRA into ``model`` in place with ``strength``; returns what it did."""
     name, tensors = read_lora(source)
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise LoaderError(f"LoRA {name}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[:3]}); "
+                          "merging it would break the model. Download the LoRA again.", input="lora")
     targets = model_targets(model)
     groups, unmatched = group_lora(tensors, targets)
     report = LoraReport(name, strength, unmatched=sorted(unmatched))
@@ -134,6 +138,9 @@ def apply_lora(model: nn.Module, source, strength: float = 1.0) -> LoraReport:
             report.unmatched.append(target + " (alpha without up/down)")
             continue
         delta = lora_delta(target, parts, current.shape, name) * strength
+        if not bool(torch.isfinite(delta).all()):
+            raise LoaderError(f"LoRA {name}: the update of {target} overflows at strength {strength:g}. "
+                              "Lower the strength.", input="lora")
         if quant:
             module.add_delta(delta)
         else:

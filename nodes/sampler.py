@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from comfy_api.latest import InputImpl
 
 from ..loaders import host
+from ..samplers import checks
 from ..samplers import conditioning as C
 from ..samplers.loop import Settings, generate
 from ..samplers.presets import get_preset, modes_tooltip
@@ -108,10 +109,14 @@ def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Set
 
     interrupted = False
     try:
-        with Mp4Writer(target, 25, audio=audio["soundtrack"], sample_rate=audio["sample_rate"]) as writer:
+        with (Mp4Writer(target, 25, audio=audio["soundtrack"], sample_rate=audio["sample_rate"]) as writer,
+              checks.first_output_finite(dit)):
             result = generate(dit, *_host_vae(vae), _host_clip(clip_vision), _reference(image, video),
                               audio["embeddings"], text, settings, masks=masks, sink=sink,
                               on_step=on_step, should_stop=should_stop)
+    except checks.NonFiniteOutput as err:
+        raise input_error(NODE, "model", str(err), "Re-download the model, remove or weaken its LoRAs, or "
+                          "choose precision bf16 or fp32 in the InfiniteTalk Model Loader") from None
     except BaseException as err:
         interrupted = host.is_interrupt(err)
         raise

@@ -193,6 +193,10 @@ def check_waveform(waveform, sample_rate: int, speaker: int = 0) -> None:
     rate = int(sample_rate)
     if rate <= 0:
         raise SpeechInputError(speaker, f"invalid sample rate {rate}", "Load the audio with Load Audio")
+    if wav.is_floating_point() and not bool(torch.isfinite(wav).all()):
+        bad = int((~torch.isfinite(wav)).sum())
+        raise SpeechInputError(speaker, f"the audio holds {bad} NaN or infinite samples",
+                               "Re-export the clip from an audio editor (as 16-bit or float WAV)")
     seconds = wav.shape[-1] / rate if wav.numel() else 0.0
     if seconds < MIN_SECONDS:
         raise SpeechInputError(speaker, f"the audio is {seconds:.2f} s long; at least {MIN_SECONDS} s "
