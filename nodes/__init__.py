@@ -1,9 +1,13 @@
 """The pack's V3 nodes (the only package besides loaders/host.py that imports the host)."""
 from __future__ import annotations
 
+import logging
+
+import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 from ..loaders import host
+from ..samplers.video_file import sweep_leftovers
 from .audio_encode import InfiniteTalkAudioEncode
 from .lora_select import InfiniteTalkLoraSelect
 from .model_loader import InfiniteTalkModelLoader
@@ -23,10 +27,27 @@ NODES = [
 ]
 
 
+_swept = False
+
+
+def _sweep_once() -> None:
+    """At start-up: remove what a killed Video Combine left in output/ (``sweep_leftovers``)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        sweep_leftovers(folder_paths.get_output_directory())
+    except OSError as err:
+        logging.getLogger(__name__).warning("InfiniteTalk: output leftovers not swept: %s", err)
+
+
 class InfiniteTalkExtension(ComfyExtension):
     async def on_load(self) -> None:
         host.register_folders()
+        _sweep_once()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         host.register_folders()       # also here: 0.3.75 does not call on_load for custom nodes
+        _sweep_once()
         return list(NODES)

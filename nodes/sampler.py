@@ -67,6 +67,9 @@ def _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, re
     if shift > 0:
         over["shift"] = shift
     if motion_frames > 0:
+        if (motion_frames - 1) % 4:
+            raise input_error(NODE, "motion_frames", f"{motion_frames} is not of the form 4n+1",
+                              "Use 0 (the family's default), 1, 5, 9, 13, ... 65")
         over["motion_frames"] = motion_frames
     if max_frames > 0:
         over["max_frames"] = max_frames

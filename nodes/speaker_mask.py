@@ -1,6 +1,7 @@
 """InfiniteTalk Speaker Masks: where speaker 1 and speaker 2 are in the reference image."""
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -18,8 +19,11 @@ def parse_boxes(text: str) -> list[list[float]]:
     """"x1,y1,x2,y2; x1,y1,x2,y2" -> boxes, left to right = speaker order."""
     boxes = []
     for part in (p for p in re.split(r"[;\n]", text or "") if p.strip()):
-        nums = [float(v) for v in re.split(r"[,\s]+", part.strip()) if v]
-        if len(nums) != 4:
+        try:
+            nums = [float(v) for v in re.split(r"[,\s]+", part.strip()) if v]
+        except ValueError:
+            nums = []
+        if len(nums) != 4 or not all(math.isfinite(v) for v in nums):
             raise input_error(NODE, "boxes", f"'{part.strip()}' is not 4 numbers",
                               "Write each box as x1,y1,x2,y2 in pixels, boxes separated by ';'")
         x1, y1, x2, y2 = nums

@@ -50,6 +50,12 @@ class InfiniteTalkTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, t5_model, prompt, negative_prompt) -> io.NodeOutput:
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise input_error(NODE, name, f"character {err.start} is not valid text (a lone surrogate, "
+                                  "e.g. half of an emoji)", "Retype or paste the text again") from None
         path = host.resolve_model("text_encoders", t5_model)
         if path is None:
             raise input_error(NODE, "t5_model", f"file '{t5_model}' was not found",

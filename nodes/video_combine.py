@@ -11,6 +11,8 @@ from ..samplers.video_file import Mp4Writer, iter_frames, reserve_output_path
 from .types import CATEGORY, input_error
 
 NODE = "InfiniteTalk Video Combine"
+MIN_FPS, MAX_FPS = 1.0, 240.0      # below 1 fps a clip of a few frames becomes hours of video
+MAX_PREFIX = 200                   # characters; file systems allow 255 for the whole name
 
 
 def _frames(video, images, chunk: int = 16):
@@ -41,6 +43,12 @@ def _audio_of(video, audio):
 
 def _target(prefix: str) -> tuple[str, str]:
     out = os.path.abspath(folder_paths.get_output_directory())
+    fix = f"Use up to {MAX_PREFIX} plain characters, such as InfiniteTalk/video"
+    if len(prefix) > MAX_PREFIX:
+        raise input_error(NODE, "filename_prefix", f"'{prefix[:40]}...' is {len(prefix)} characters long", fix)
+    if any(not c.isprintable() for c in prefix):     # NUL, newline, lone surrogates, escapes
+        raise input_error(NODE, "filename_prefix", f"'{prefix}' holds control characters or invalid text",
+                          fix)
     prefix = os.path.normpath(prefix.strip() or "InfiniteTalk/video")
     folder = os.path.abspath(os.path.join(out, os.path.dirname(prefix)))
     if os.path.commonpath([out, folder]) != out or os.path.isabs(prefix):
@@ -49,13 +57,34 @@ def _target(prefix: str) -> tuple[str, str]:
     return folder, os.path.basename(prefix) or "video"
 
 
+def _rate(video, frame_rate: float) -> float:
+    """The frame rate to write: the input's, or the video's own for 0 (checked before any file exists)."""
+    if frame_rate == 0 and video is None:
+        raise input_error(NODE, "frame_rate", "0 means 'the video's own rate', but only images are connected",
+                          "Set the frame rate of the images (InfiniteTalk makes 25)")
+    if frame_rate == 0:
+        frame_rate = float(video.get_frame_rate())
+    if not MIN_FPS <= frame_rate <= MAX_FPS:
+        raise input_error(NODE, "frame_rate", f"{frame_rate:g} fps is outside {MIN_FPS:g}..{MAX_FPS:g}",
+                          "Use the rate the frames were made at (InfiniteTalk: 25), or 0 for a video's own")
+    return frame_rate
+
+
+def _reserve(folder: str, stem: str, prefix: str):
+    try:
+        return reserve_output_path(folder, stem)
+    except OSError as err:                      # read-only or full disk, a file where a folder should be
+        raise input_error(NODE, "filename_prefix", f"cannot create a file for '{prefix}' in the output "
+                          f"folder ({err.strerror or err})",
+                          "Make the output folder writable (and not full), or choose another prefix") from None
+
+
 def write(video, images, audio, frame_rate: float, quality: int, filename_prefix: str) -> str:
     if video is None and images is None:
         raise input_error(NODE, "video", "connect a video or images")
-    if video is not None and frame_rate <= 0:
-        frame_rate = float(video.get_frame_rate())
+    frame_rate = _rate(video, frame_rate)
     folder, stem = _target(filename_prefix)
-    target = reserve_output_path(folder, stem)
+    target = _reserve(folder, stem, filename_prefix)        # only once every input is checked
     sound = _audio_of(video, audio)
     wave, rate = (sound["waveform"], sound["sample_rate"]) if sound is not None else (None, None)
     with Mp4Writer(target, Fraction(frame_rate).limit_denominator(1001), crf=quality, audio=wave,
@@ -82,8 +111,9 @@ class InfiniteTalkVideoCombine(io.ComfyNode):
                 io.Image.Input("images", optional=True, tooltip="Frames, when no video is connected."),
                 io.Audio.Input("audio", optional=True,
                                tooltip="Soundtrack; trimmed or padded with silence to the video length."),
-                io.Float.Input("frame_rate", default=25.0, min=0.0, max=240.0, step=0.01,
-                               tooltip="Frames per second (InfiniteTalk makes 25). 0 = the video's own."),
+                io.Float.Input("frame_rate", default=25.0, min=0.0, max=MAX_FPS, step=0.01,
+                               tooltip="Frames per second, 1 to 240 (InfiniteTalk makes 25). 0 = the "
+                                       "connected video's own rate."),
                 io.Int.Input("quality", default=19, min=0, max=51,
                              tooltip="H.264 CRF: lower is better and bigger (17-23 is usual)."),
                 io.String.Input("filename_prefix", default="InfiniteTalk/video",

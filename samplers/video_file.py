@@ -8,6 +8,8 @@ Finished files appear atomically: ``reserve_output_path`` picks the next free co
 claims it with ``O_EXCL``; ``Mp4Writer`` writes a hidden temp file in the same folder and, only on
 success, moves it over the (empty) reservation.  A failure removes the temp file and the
 reservation, so no partial file is ever left, and nothing the user made is ever overwritten.
+A process killed mid-write (``kill -9``) cannot clean up: ``sweep_leftovers`` (run when the pack
+loads) removes the ``.NAME.PID.part`` files of dead processes and the empty reservation beside each.
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ class Mp4Writer:
             raise FileExistsError(f"refusing to overwrite {self.target}")
         self.frame_rate = Fraction(frame_rate).limit_denominator(1001)
         if self.frame_rate <= 0:
+            _drop_empty(self.target)                   # our reservation: nothing half-made is left
             raise ValueError(f"frame rate must be positive, got {frame_rate}")
         self.crf = int(crf)
         self.preset = preset
@@ -191,6 +194,55 @@ class Mp4Writer:
         self._audio_pos += chunk.shape[1]
         for packet in self._astream.encode(frame):
             self._container.mux(packet)
+
+
+def _drop_empty(path: Path) -> None:
+    if path.exists() and path.stat().st_size == 0:
+        path.unlink()
+
+
+_PART = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.part$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True                                   # someone else's live process: leave it
+    return True
+
+
+def sweep_leftovers(folder: str | os.PathLike, max_depth: int = 4) -> list[Path]:
+    """Remove what killed writers left under ``folder``: each ``.NAME.PID.part`` whose process is gone,
+    and ``NAME`` beside it when that is still the empty reservation. Nothing else is touched (links
+    are not followed; ``max_depth`` folders deep at most). Returns the removed paths."""
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for dirpath, dirs, files in os.walk(root):
+        if len(Path(dirpath).relative_to(root).parts) >= max_depth:
+            dirs[:] = []
+        for name in files:
+            m = _PART.match(name)
+            if m is None or _alive(int(m.group("pid"))):
+                continue
+            part, target = Path(dirpath) / name, Path(dirpath) / m.group("name")
+            try:
+                part.unlink()
+                removed.append(part)
+                if target.is_file() and not target.is_symlink() and target.stat().st_size == 0:
+                    target.unlink()
+                    removed.append(target)
+            except OSError as err:
+                log.warning("could not remove the leftover %s: %s", part, err)
+    if removed:
+        log.info("removed %d leftovers of interrupted video writes under %s", len(removed), root)
+    return removed
 
 
 def _pad_even(frames: np.ndarray) -> np.ndarray:
