@@ -10,6 +10,16 @@ keys without the ``wav2vec2.`` prefix), but the encoder loop is driven here, lay
 way we never depend on how a transformers version returns hidden states (v5 records them with
 hooks) and never request attention maps (the reference forces ``output_attentions=True``, which
 breaks SDPA on newer transformers and does not change the outputs).
+
+Long audio: the conv feature encoder holds ~16 MiB of activations per second of audio at full size
+(512 channels at 3.2 kHz after the first conv), so it runs in chunks of ``chunk_samples`` (10 s).
+Each chunk starts on a multiple of the stack's hop (320 samples) and reads ``conv_overlap_samples``
+more (receptive field 400 - hop 320 = 80 samples, 5 ms), which is exactly what its last output
+frame needs: the chunked features are the one-pass features, not an approximation. The only
+clip-wide operation in the encoder, the first layer's GroupNorm (per-channel statistics over time,
+``feat_extract_norm="group"``), gets its statistics from a first pass over the clip. The
+transformer then runs once on the whole 25 fps sequence (its attention is global, so chunking it
+would change the features); at 25 frames per second it holds well under 1 MiB per second of audio.
 """
 from __future__ import annotations
 
@@ -31,6 +41,10 @@ def make_config(config: dict | Wav2Vec2Config, attn_implementation: str = "sdpa"
         config = config.to_dict()
     clean = {k: v for k, v in config.items() if k not in _IGNORED_CONFIG_KEYS}
     return Wav2Vec2Config(**clean, attn_implementation=attn_implementation)
+
+
+CHUNK_SECONDS = 10
+SAMPLE_RATE = 16000
 
 
 class Wav2Vec2At25fps(nn.Module):
@@ -55,15 +69,82 @@ class Wav2Vec2At25fps(nn.Module):
         if hasattr(hf, "masked_spec_embed"):
             # Only used for training-time masking; kept so checkpoints load without leftovers.
             self.masked_spec_embed = hf.masked_spec_embed
+        self.chunk_samples = CHUNK_SECONDS * SAMPLE_RATE   # conv encoder input per chunk
         self.eval()
 
     @property
     def dtype(self) -> torch.dtype:
         return self.feature_projection.projection.weight.dtype
 
+    # -- conv feature encoder, in chunks ---------------------------------------------------------
+    def _geometry(self) -> tuple[int, int]:
+        """(hop, receptive field) of the conv stack in samples (320, 400 for every released wav2vec2)."""
+        hop, field = 1, 1
+        for k, st in zip(reversed(self.config.conv_kernel), reversed(self.config.conv_stride)):
+            field = (field - 1) * st + k
+        for st in self.config.conv_stride:
+            hop *= st
+        return hop, field
+
+    def conv_overlap_samples(self) -> int:
+        hop, field = self._geometry()
+        return field - hop
+
+    def _conv_frames(self, n: int) -> int:
+        for k, st in zip(self.config.conv_kernel, self.config.conv_stride):
+            n = (n - k) // st + 1
+        return n
+
     def conv_features(self, input_values: torch.Tensor) -> torch.Tensor:
-        """[B, N] samples -> [B, C_conv, T_conv] (~50 Hz)."""
-        return self.feature_extractor(input_values.to(self.dtype))
+        """[B, N] samples -> [B, C_conv, T_conv] (~50 Hz); long inputs in chunks (module docstring)."""
+        x = input_values.to(self.dtype)
+        hop, field = self._geometry()
+        total = self._conv_frames(x.shape[-1])
+        per = max(1, self.chunk_samples // hop)                 # output frames per chunk
+        if total <= per:
+            return self.feature_extractor(x)
+        layers = self.feature_extractor.conv_layers
+        norm = getattr(layers[0], "layer_norm", None)
+        per_channel = isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
+        if isinstance(norm, nn.GroupNorm) and not per_channel:
+            return self.feature_extractor(x)                    # no released checkpoint: one pass
+        stats = self._group_norm_stats(x, per * hop) if per_channel else None
+        out = []
+        for j0 in range(0, total, per):
+            j1 = min(total, j0 + per)
+            h = x[:, j0 * hop:(j1 - 1) * hop + field][:, None]
+            for i, layer in enumerate(layers):
+                if i == 0 and stats is not None:
+                    h = layer.activation(self._group_norm(norm, layer.conv(h), stats))
+                else:
+                    h = layer(h)
+            out.append(h)
+        return torch.cat(out, dim=-1)
+
+    def _group_norm_stats(self, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and (population) variance over the whole clip of the first conv's output,
+        accumulated chunk by chunk in float64."""
+        conv = self.feature_extractor.conv_layers[0].conv
+        k, st = conv.kernel_size[0], conv.stride[0]
+        frames = (x.shape[-1] - k) // st + 1
+        per = max(1, chunk // st)
+        total = total_sq = 0
+        for m0 in range(0, frames, per):
+            m1 = min(frames, m0 + per)
+            h = conv(x[:, None, m0 * st:(m1 - 1) * st + k]).float()
+            total = total + h.sum(-1, dtype=torch.float64)
+            total_sq = total_sq + h.square().sum(-1, dtype=torch.float64)
+        mean = total / frames
+        var = (total_sq / frames - mean.square()).clamp(min=0)
+        return mean, var
+
+    @staticmethod
+    def _group_norm(norm: nn.GroupNorm, h: torch.Tensor, stats) -> torch.Tensor:
+        """``norm`` (one group per channel) applied with clip-wide statistics instead of this chunk's."""
+        mean, var = stats
+        scale = torch.rsqrt(var + norm.eps).float()
+        out = (h.float() - mean.float()[..., None]) * scale[..., None]
+        return (out * norm.weight.float()[:, None] + norm.bias.float()[:, None]).to(h.dtype)
 
     @staticmethod
     def to_frames(conv: torch.Tensor, seq_len: int) -> torch.Tensor:
