@@ -212,6 +212,14 @@ class InfiniteTalkSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, motion_frames=0):
+        """Before anything runs (the widget allows any value up to 65)."""
+        if motion_frames and (motion_frames - 1) % 4:
+            return (f"{NODE}: input 'motion_frames': {motion_frames} is not of the form 4n+1. Use 0 "
+                    "(the family's default), 1, 5, 9, 13, ... 65")
+        return True
+
+    @classmethod
     def execute(cls, model, text, audio, vae, clip_vision, mode, steps, text_guidance,
                 audio_guidance, shift, seed, resolution, width, height, color_correction,
                 motion_frames, apg, teacache_thresh, max_frames, image_frames_limit, image=None,
