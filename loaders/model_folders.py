@@ -144,9 +144,13 @@ _ABS_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:[\\/]|/)(?:[^\s'\"/\\:]+[/\\])+(
 def _roots() -> list[tuple[str, str]]:
     """(absolute folder, what to show instead), longest first: model folders, output/input/temp, base."""
     pairs = []
+    base = os.path.abspath(getattr(folder_paths, "base_path", "") or "/nonexistent")
     for name, entry in getattr(folder_paths, "folder_names_and_paths", {}).items():
         for path in entry[0]:
-            pairs.append((path, f"models/{name}"))
+            inside = os.path.abspath(path).startswith(base + os.sep)
+            # under ComfyUI: as the user sees it (models/loras); elsewhere (extra_model_paths): its role
+            label = os.path.relpath(path, base).replace(os.sep, "/") if inside else f"models/{name}"
+            pairs.append((path, label))
     for label, getter in (("output", "get_output_directory"), ("input", "get_input_directory"),
                           ("temp", "get_temp_directory")):
         try:
