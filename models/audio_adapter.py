@@ -138,21 +138,25 @@ def routing_map(q: torch.Tensor, k: torch.Tensor, class_masks: torch.Tensor, fra
     return total / 2
 
 
-def _min_max(row: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+def _min_max(row: torch.Tensor, lo: float, hi: float, extrema=None) -> torch.Tensor:
     """Min-max normalise [B, L] rows into [lo, hi] with the reference's +1e-8."""
     rmin = row.amin(-1, keepdim=True)
     rmax = row.amax(-1, keepdim=True)
+    if extrema is not None:
+        rmin, rmax = extrema(rmin, rmax)
     return (row - rmin) / (rmax - rmin + 1e-8) * (hi - lo) + lo
 
 
-def routing_positions(class_map: torch.Tensor) -> torch.Tensor:
+def routing_positions(class_map: torch.Tensor, extrema=None) -> torch.Tensor:
     """[B, 3, L] class map -> [B, L] 1-D RoPE positions of the visual tokens.
 
     Each token takes the position of its argmax class on the raw map (ties -> first): speaker 1/2
     scores are min-max normalised over all L tokens into [0, 4] / [20, 24]; background is 12.
+    ``extrema(min, max) -> (min, max)`` makes the per-row extrema global when the L tokens are a
+    shard (sequence parallelism, models/sequence_parallel.py).
     """
-    scores = torch.stack([_min_max(class_map[:, 0], *SPEAKER1_RANGE),
-                          _min_max(class_map[:, 1], *SPEAKER2_RANGE),
+    scores = torch.stack([_min_max(class_map[:, 0], *SPEAKER1_RANGE, extrema),
+                          _min_max(class_map[:, 1], *SPEAKER2_RANGE, extrema),
                           torch.full_like(class_map[:, 0], BACKGROUND_POS)], dim=1)  # [B, 3, L]
     winner = class_map.argmax(dim=1, keepdim=True)  # [B, 1, L]
     return scores.gather(1, winner)[:, 0]  # [B, L]
@@ -170,20 +174,28 @@ class AudioCrossAttention(nn.Module):
         self.kv_linear = operations.Linear(audio_dim, 2 * dim, **kw)
         self.proj = operations.Linear(dim, dim, **kw)
 
-    def forward(self, x: torch.Tensor, audio_tokens: torch.Tensor, frames: int,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T·S, dim]; audio_tokens [B, T, A, audio_dim] (A = 32·speakers, speaker 1 first);
-        positions [B, T·S] routing positions (two speakers) or None (one speaker: no RoPE)."""
-        b, seq, dim = x.shape
+    def forward(self, x: torch.Tensor, audio_tokens: torch.Tensor, frame_tokens: int,
+                positions: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        """x [B, rows, dim]: token rows ``offset .. offset+rows`` of the video (all of it on one device,
+        a shard under sequence parallelism); audio_tokens [B, T, A, audio_dim] (A = 32·speakers,
+        speaker 1 first); frame_tokens S = tokens per latent frame; positions [B, rows] routing
+        positions (two speakers) or None (one speaker: no RoPE)."""
+        b, rows, dim = x.shape
         h, d = self.num_heads, self.head_dim
-        q = self.q_linear(x).view(b * frames, seq // frames, h, d).transpose(1, 2)  # [B·T, H, S, D]
-        kv = self.kv_linear(audio_tokens.flatten(0, 1))  # [B·T, A, 2·dim]
-        k, v = kv.unflatten(-1, (2, h, d)).permute(2, 0, 3, 1, 4).unbind(0)  # each [B·T, H, A, D]
+        # A shard may start or end inside a frame: zero query rows pad it to whole frames (each query
+        # row attends on its own, so the padding changes no real row) and are dropped after.
+        first, lead = divmod(offset, frame_tokens)
+        frames = -(-(lead + rows) // frame_tokens)
+        tail = frames * frame_tokens - lead - rows
+        q = F.pad(self.q_linear(x), (0, 0, lead, tail)).view(b * frames, frame_tokens, h, d).transpose(1, 2)
+        kv = self.kv_linear(audio_tokens[:, first:first + frames].flatten(0, 1))  # [B·T', A, 2·dim]
+        k, v = kv.unflatten(-1, (2, h, d)).permute(2, 0, 3, 1, 4).unbind(0)  # each [B·T', H, A, D]
         if positions is not None:
+            positions = F.pad(positions, (lead, tail))
             q = apply_rope_1d(q, positions.reshape(b * frames, 1, -1))  # per-frame rows of positions
             k = apply_rope_1d(k, _audio_key_positions(k.shape[2], k.device))
-        out = attention(q, k, v)  # [B·T, H, S, D]
-        out = out.transpose(1, 2).reshape(b, seq, dim)  # [B, T·S, dim]
+        out = attention(q, k, v)  # [B·T', H, S, D]
+        out = out.transpose(1, 2).reshape(b, frames * frame_tokens, dim)[:, lead:lead + rows]  # [B, rows, dim]
         return self.proj(out)
 
 

@@ -20,6 +20,7 @@ from .audio_adapter import (MAX_SPEAKERS, AudioCrossAttention, AudioProjModel, R
 from .compile_guard import CompileFallback
 from .ops import TorchOps
 from .rope import apply_rope_3d, rope_table_3d
+from .sequence_parallel import LOCAL, TokenView
 
 CLIP_DIM = 1280
 WAV2VEC_LAYERS, WAV2VEC_DIM = 12, 768
@@ -79,14 +80,15 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps, **kw) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps, **kw) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        """x [B, L, dim] -> (out [B, L, dim], q, k [B, L, H, D] after RoPE, for speaker routing)."""
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], view: TokenView):
+        """x [B, L, dim] -> (out [B, L, dim], q, k [B, L, H, D] after RoPE, for speaker routing).
+        Under sequence parallelism L is this rank's shard and ``view.attention`` reaches the rest."""
         b, seq, dim = x.shape
         heads = (b, seq, self.num_heads, self.head_dim)
         q = apply_rope_3d(self.norm_q(self.q(x)).view(heads), rope)  # [B, L, H, D]
         k = apply_rope_3d(self.norm_k(self.k(x)).view(heads), rope)  # [B, L, H, D]
         v = self.v(x).view(heads)                                     # [B, L, H, D]
-        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, L, D]
+        out = view.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, L, D]
         return self.o(out.transpose(1, 2).reshape(b, seq, dim)), q, k
 
 
@@ -134,21 +136,25 @@ class WanAttentionBlock(nn.Module):
                                  operations.Linear(cfg["ffn_dim"], dim, **kw))
         self.routing = RoutingMap()  # no parameters: adds no checkpoint keys
 
-    def forward(self, x, e0, text, image, audio_tokens, grid, rope, class_masks, speakers):
-        """x [B, L, dim]; e0 [B, 6, dim] fp32; class_masks [3, Nh·Nw] bool or None (no routing map)."""
+    def forward(self, x, e0, text, image, audio_tokens, grid, rope, class_masks, speakers, view=None):
+        """x [B, L, dim]; e0 [B, 6, dim] fp32; class_masks [3, Nh·Nw] bool or None (no routing map);
+        view: which token rows x holds (models/sequence_parallel.py; None: all of them)."""
+        view = view or LOCAL.view(x.shape[1])
+        frame_tokens = grid[1] * grid[2]
         m = (self.modulation.float() + e0).chunk(6, dim=1)  # 6 × [B, 1, dim] fp32
         # 1. Self-attention (its q/k also feed the speaker-routing map).
-        y, q, k = self.self_attn(_modulate(x, m[0], m[1], self.eps), rope)
+        y, q, k = self.self_attn(_modulate(x, m[0], m[1], self.eps), rope, view)
         x = (x.float() + y.float() * m[2]).to(x.dtype)
         positions = None
         if class_masks is not None:
-            class_map = self.routing(q, k, class_masks, grid[1] * grid[2])  # [B, 3, L]
+            keys = view.frame0_keys(k, frame_tokens)  # the first latent frame's keys, from any rank
+            class_map = self.routing(q, keys, class_masks, frame_tokens)  # [B, 3, L]
             if speakers == MAX_SPEAKERS:
-                positions = routing_positions(class_map)  # [B, L]
+                positions = routing_positions(class_map, view.extrema)  # [B, L]
         # 2. Text + image cross-attention.
         x = x + self.cross_attn(self.norm3(x), text, image)
         # 3. Audio cross-attention, per latent frame.
-        x = x + self.audio_cross_attn(self.norm_x(x), audio_tokens, grid[0], positions)
+        x = x + self.audio_cross_attn(self.norm_x(x), audio_tokens, frame_tokens, positions, view.start)
         # 4. Feed-forward.
         y = self.ffn(_modulate(x, m[3], m[4], self.eps))
         return (x.float() + y.float() * m[5]).to(x.dtype)
@@ -206,6 +212,9 @@ class WanModel(nn.Module):
         self.freq_dim, self.num_heads, self.vae_scale, self.eps = freq_dim, num_heads, vae_scale, eps
         self.compute_dtype: torch.dtype | None = None  # None: the patch embedding's weight dtype
         self.capture_routing_map = False  # tests: also compute the (unused) map for one speaker
+        # Who holds which video tokens: LOCAL (all, here) or a sequence-parallel group injected by a
+        # worker (models/sequence_parallel.py); not a module, so it adds no checkpoint keys.
+        self.sequence = LOCAL
 
         self.patch_embedding = operations.Conv3d(in_dim, dim, kernel_size=self.patch_size,
                                                  stride=self.patch_size, **kw)
@@ -279,13 +288,18 @@ class WanModel(nn.Module):
         # 2. Time embedding (kept fp32 for the modulation).
         e, e0 = self.time_modulation(t.to(h.device), dtype)
         # 3. The block stack, or the cache's stand-in for it (then no text/audio/block work runs).
+        # The blocks run on this device's token rows (all of them unless sequence parallel).
         cached = block_cache.reuse(e0, h) if block_cache is not None else None
         if cached is not None:
             h = cached
         else:
-            out = self._blocks(h, e0, grid, context, clip_fea, audio, ref_target_masks, dtype)
-            if block_cache is not None:
-                block_cache.store(h, out)
+            view = self.sequence.view(h.shape[1])
+            out = self._blocks(view.scatter(h), e0, grid, context, clip_fea, audio, ref_target_masks, dtype,
+                               view)
+            if block_cache is None:  # gather the head's output: 64 values a token instead of dim
+                return self.unpatchify(view.gather(self.head(out, e)), grid).float()
+            out = view.gather(out)   # the cache keeps whole-sequence tokens
+            block_cache.store(h, out)
             h = out
         # 4. Head and unpatchify.
         return self.unpatchify(self.head(h, e), grid).float()
@@ -298,8 +312,10 @@ class WanModel(nn.Module):
         e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.dim))  # [B, 6, dim]
         return e, e0
 
-    def _blocks(self, h, e0, grid, context, clip_fea, audio, ref_target_masks, dtype) -> torch.Tensor:
-        """Text, CLIP and audio context, then every block: tokens [B, L, dim] -> [B, L, dim]."""
+    def _blocks(self, h, e0, grid, context, clip_fea, audio, ref_target_masks, dtype,
+                view: TokenView) -> torch.Tensor:
+        """Text, CLIP and audio context, then every block: tokens [B, rows, dim] -> [B, rows, dim] (``view``:
+        which rows of the video these are; all of them on one device)."""
         text = self.text_embedding(self._pad_text(context.to(dtype)))  # [B, text_len, dim]
         image = self.img_emb(clip_fea.to(dtype))  # [B, 257, dim]
         # Audio tokens per latent frame, speakers concatenated on the token axis.
@@ -308,8 +324,9 @@ class WanModel(nn.Module):
         # Speaker class masks (only where the routing map is used).
         class_masks = self._class_masks(ref_target_masks, grid, speakers, h.device)
         rope = rope_table_3d(grid, self.dim // self.num_heads, h.device)
+        rope = tuple(view.scatter(table, dim=0) for table in rope)  # this device's rows
         for block in self.blocks:
-            h = block(h, e0, text, image, audio_tokens, grid, rope, class_masks, speakers)
+            h = block(h, e0, text, image, audio_tokens, grid, rope, class_masks, speakers, view)
         return h
 
     def _pad_text(self, context: torch.Tensor) -> torch.Tensor:
