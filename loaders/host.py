@@ -136,6 +136,7 @@ class HostModel:
     streaming: bool = False          # blocks streamed from pinned RAM (StreamingPatcher)
     attention: str = "sdpa"          # models.attention backend, made active before each sampling
     run_info: str = ""               # attention and compile as resolved, in words (the loader's info)
+    gpus: int = 1                    # > 1: the DiT runs on a worker pool (parallel/pool.py)
 
     @property
     def module(self):
@@ -234,6 +235,8 @@ def load_for_sampling(model: HostModel):
         attention.set_backend(model.attention)
     with _lock:
         _cancel_timer(model)
+        if model.gpus > 1:           # weights live in the workers: nothing for the host to load
+            return model.patcher.model
         mm.load_models_gpu([model.patcher], force_full_load=True)
         return model.patcher.model
 
@@ -242,6 +245,8 @@ def release_after_sampling(model: HostModel, interrupted: bool = False) -> None:
     """Arm the idle-unload timer; on an interrupt, give the VRAM back at once."""
     if interrupted:
         unload(model)
+        return
+    if model.gpus > 1:               # the worker pool has its own idle timer
         return
     seconds = idle_unload_seconds()
     if seconds <= 0 or mm.is_device_cpu(model.patcher.load_device):
@@ -280,6 +285,9 @@ def unload(model: HostModel) -> None:
     """Unload our patcher through the host's own bookkeeping (other models stay where they are)."""
     with _lock:
         _cancel_timer(model)
+        if model.gpus > 1:
+            model.module.close("unloaded")
+            return
         for i in range(len(mm.current_loaded_models) - 1, -1, -1):
             loaded = mm.current_loaded_models[i]
             if loaded.model is model.patcher:
@@ -314,14 +322,17 @@ def plan_placement(module, memory_budget_gb: float):
 
 def load_model(model_path: str, adapter_path: str | None, family: str, precision: str,
                loras=(), memory_budget_gb: float = 0.0, attention: str | None = None,
-               compile: str | None = None) -> HostModel:  # noqa: A002 - the node input's name
+               compile: str | None = None, gpus: int = 1) -> HostModel:  # noqa: A002 - the node input's name
     """Read the DiT (+ adapter, + LoRAs) onto the offload device and hand it to the host.
     ``attention`` / ``compile``: the Model Loader's choices (None: the environment variables, else
-    auto), resolved before the weights are read so a choice that cannot run fails at once."""
+    auto), resolved before the weights are read so a choice that cannot run fails at once.
+    ``gpus`` > 1: nothing is read here, see :func:`parallel_model`."""
     from .dit import load_dit
     resolved = select_attention(attention)
     compiled, compile_label = select_compile(compile)
     dtype = pick_dtype(precision, torch_device())
+    if gpus > 1:
+        return parallel_model(model_path, adapter_path, family, dtype, loras, gpus, resolved)
     module = load_dit(model_path, adapter_path=adapter_path, loras=tuple(loras or ()), dtype=dtype,
                       device=offload_device())
     plan = plan_placement(module, memory_budget_gb)
@@ -338,6 +349,43 @@ def load_model(model_path: str, adapter_path: str | None, family: str, precision
         log.warning("InfiniteTalk: even with streamed blocks the DiT needs %.2f GiB of VRAM (non-block "
                     "weights + two block slots), more than memory_budget_gb = %g",
                     loaded.patcher.model_size() / 2**30, memory_budget_gb)
+    return loaded
+
+
+def parallel_model(model_path: str, adapter_path: str | None, family: str, dtype, loras, gpus: int,
+                   attention) -> HostModel:
+    """The DiT as a pool of ``gpus`` sequence-parallel workers (Ray actors, parallel/pool.py), each loading
+    the same files on its own GPU (CPU processes when ComfyUI runs on the CPU) on first use.
+
+    The host's memory manager never loads it (it holds no weights here), so nothing the host does to
+    make room for the VAE or the encoders restarts the workers. They stop on an interrupt, after the
+    idle time (``INFINITETALK_IDLE_UNLOAD_S``), and when the host drops the model (Free model cache).
+    ``attention`` (the host's resolution) is resolved again by each worker on its GPU; ComfyUI's own
+    attention function does not exist there, so ``comfy`` becomes ``auto``. No compile yet: the
+    Ulysses all-to-all inside the blocks is not measured compiled (issue 16).
+    """
+    import torch
+
+    from ..parallel.pool import ParallelDiT, WorkerPool, import_ray
+    import_ray()                        # not installed: one clear error now, not at the first prompt
+    device = torch_device()
+    cuda = getattr(device, "type", str(device)) == "cuda"
+    if cuda and gpus > torch.cuda.device_count():
+        raise RuntimeError(f"gpus = {gpus} but ComfyUI sees {torch.cuda.device_count()} CUDA GPU(s); set gpus to at "
+                           f"most that (ComfyUI's --cuda-device option hides the other GPUs)")
+    choice = "auto" if attention.backend == "comfy" else attention.choice
+    load = {"model_path": model_path, "adapter_path": adapter_path, "loras": tuple(loras or ()), "dtype": dtype,
+            "attention": choice}
+    pool = WorkerPool(load, gpus, "cuda" if cuda else "cpu", idle_unload_seconds(),
+                      threads=max(1, (os.cpu_count() or 1) // gpus))
+    module = ParallelDiT(pool, dtype)
+    module.get_dtype = lambda: dtype
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=offload_device())
+    log.info("InfiniteTalk: %s as %s on %d workers (%s); they start with the first prompt",
+             os.path.basename(model_path), family, gpus, "one per GPU" if cuda else "CPU processes")
+    loaded = HostModel(patcher, family, {}, dtype, 0.0, model_path, False, gpus=gpus)
+    loaded.attention = attention.backend
+    loaded.run_info = f"attention {choice} on each worker | compile off | {gpus} workers (sequence parallel)"
     return loaded
 
 

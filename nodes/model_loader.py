@@ -83,6 +83,14 @@ class InfiniteTalkModelLoader(io.ComfyNode):
                                        "always try. A compile failure never fails the run: one warning "
                                        "in the console, then the blocks run uncompiled.",
                                **adv()),
+                io.Int.Input("gpus", default=1, min=1, max=64, optional=True,
+                             tooltip="GPUs that share ONE video (sequence parallel, Ulysses attention). 1 = "
+                                     "the normal single-GPU path. N > 1: the DiT runs on N worker "
+                                     "processes (Ray, pip install ray), one per GPU, each loading these "
+                                     "files; they start with the first prompt and stop on interrupt, "
+                                     "idle time or Free model cache. memory_budget_gb is ignored then. "
+                                     "On a CPU-only ComfyUI: N CPU processes.",
+                             **adv()),
             ],
             outputs=[Model.Output(display_name="model"), io.String.Output(display_name="info")],
         )
@@ -102,13 +110,17 @@ class InfiniteTalkModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, audio_adapter, family, precision, lora=None, memory_budget_gb=0.0,
-                attention="auto", compile="auto") -> io.NodeOutput:  # noqa: A002 - the input's name
+                attention="auto", compile="auto", gpus=1) -> io.NodeOutput:  # noqa: A002 - the input's name
         model_path = _model_choice("diffusion_models", model, "model")
         adapter_path = _model_choice("audio_adapter", audio_adapter, "audio_adapter", optional=True)
         _check_run_choices(attention, compile)
         try:
             loaded = host.load_model(model_path, adapter_path, family, precision, lora or (),
-                                     memory_budget_gb, attention, compile)
+                                     memory_budget_gb, attention, compile, gpus)
+        except RuntimeError as err:   # gpus > 1 without Ray, or more than the GPUs ComfyUI sees
+            if gpus <= 1:
+                raise
+            raise input_error(NODE, "gpus", str(err)) from None
         except ValueError as err:   # LoaderError (knows the input it blames) and the loaders' own errors
             raise input_error(NODE, getattr(err, "input", None) or "model", str(err)) from None
         info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")

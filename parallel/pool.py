@@ -121,7 +121,8 @@ class WorkerPool:
             infos = self._gather([a.start.remote(rank, self.workers, address, self.load, device, self.threads)
                                   for rank, a in enumerate(self.actors)], "loading the model")
             self.config = infos[0]["config"]
-            log.info("InfiniteTalk: %d DiT workers ready in %.1f s: %s", self.workers, time.monotonic() - began,
+            log.info("InfiniteTalk: %d DiT workers ready in %.1f s (attention %s): %s", self.workers,
+                     time.monotonic() - began, infos[0]["attention"],
                      "; ".join(self.place(r) for r in range(self.workers)))
 
     def _check_resources(self, ray) -> None:
@@ -225,7 +226,10 @@ class ParallelDiT(nn.Module):
     def close(self, reason: str = "") -> None:
         self.pool.stop(reason)
 
-    def forward(self, x, t, context, clip_fea, y, audio, ref_target_masks=None) -> torch.Tensor:
+    def forward(self, x, t, context, clip_fea, y, audio, ref_target_masks=None, block_cache=None) -> torch.Tensor:
+        if block_cache is not None:
+            raise ValueError("InfiniteTalk Sampler: teacache_thresh > 0 does not work with gpus > 1 yet (its "
+                             "cache would have to live in the workers); set teacache_thresh to 0, or gpus to 1")
         def cpu(v):
             return v.detach().cpu() if isinstance(v, torch.Tensor) else v
         args = tuple(cpu(a) for a in (x, t, context, clip_fea, y, audio))

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ..loaders.dit import load_dit
-from ..models import attention
+from ..models import attention, attention_backends
 from ..models.sequence_parallel import Ulysses
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,18 @@ class DitRank:
         else:
             torch.cuda.set_device(self.device)
         load = dict(load)
-        backend = load.pop("attention", "sdpa")
-        if backend != attention.get_backend():
-            attention.set_backend(backend)
+        resolved = attention_backends.resolve(load.pop("attention", "auto"), self.device, "attention (DiT worker)")
+        if resolved.backend != attention.get_backend():
+            attention.set_backend(resolved.backend)
+        self.attention = resolved.label
         self.model = load_dit(**load, device=self.device)
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=f"tcp://{address}",
                                 rank=rank, world_size=world, timeout=JOIN_TIMEOUT)
         self.model.sequence = Ulysses()
 
     def describe(self) -> dict:
-        return {"rank": self.rank, "device": str(self.device), "config": dict(self.model.config)}
+        return {"rank": self.rank, "device": str(self.device), "config": dict(self.model.config),
+                "attention": self.attention}
 
     def forward(self, args, kwargs):
         def move(v):

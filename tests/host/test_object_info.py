@@ -7,7 +7,7 @@ pytestmark = pytest.mark.host
 
 EXPECTED = {
     "InfiniteTalkModelLoader": ({"model", "audio_adapter", "family", "precision", "memory_budget_gb"},
-                                {"lora", "attention", "compile"}),
+                                {"lora", "attention", "compile", "gpus"}),
     "InfiniteTalkLoraSelect": ({"lora", "strength"}, {"prev_lora"}),
     "InfiniteTalkTextEncode": ({"t5_model", "prompt", "negative_prompt"}, set()),
     "InfiniteTalkAudioEncode": ({"wav2vec_model", "audio_1", "mode", "normalize_loudness"}, {"audio_2"}),
