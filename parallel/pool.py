@@ -39,9 +39,8 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise RuntimeError("InfiniteTalk Model Loader: gpus > 1 needs Ray, which is not installed. Install "
-                           "it into ComfyUI's Python (pip install ray), restart ComfyUI, or set gpus to 1."
-                           ) from None
+        raise RuntimeError("gpus > 1 needs Ray, which is not installed. Install it into ComfyUI's Python "
+                           "(pip install ray) and restart ComfyUI, or set gpus to 1") from None
     return ray
 
 
