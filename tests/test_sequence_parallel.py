@@ -44,3 +44,12 @@ def test_missing_ray_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)    # import ray -> ImportError
     with pytest.raises(RuntimeError, match=r"gpus > 1 needs Ray.*pip install ray.*set gpus to 1"):
         import_ray()
+
+
+def test_teacache_with_workers_is_one_clear_error():
+    from infinitetalk.parallel.pool import ParallelDiT, WorkerPool
+    dit = ParallelDiT(WorkerPool({}, 2, device="cpu", idle_s=0), torch.float32)   # never started
+    x = torch.zeros(1, 16, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"teacache_thresh > 0 does not work with gpus > 1.*set teacache_thresh to 0"):
+        dit(x, torch.zeros(1), x, x, x, x, block_cache=object())
+    assert dit.pool.actors == []
