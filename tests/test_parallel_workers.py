@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -144,3 +145,19 @@ def test_killed_worker_is_one_error_then_next_run_works_and_free_leaves_no_proce
     assert pool.actors == [] and not any(_alive(p) for p in pids)
     if not any(p.actors for p in pool_module._live):   # the module's shared pools may still be running
         assert not ray.is_initialized(), "the Ray session this pack started must end with its last pool"
+
+
+def test_idle_workers_stop_by_themselves():
+    case = _first(DIT_CASES)
+    pool = _pool(case, 2)
+    pool.idle_s = 0.5
+    dit = ParallelDiT(pool, torch.float32)
+    name, args, masks = next(_dit_calls(case))
+    dit(*args, ref_target_masks=masks)
+    pids = pool.pids()
+    deadline = time.monotonic() + 60
+    while (pool.actors or any(map(_alive, pids))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pool.actors == [] and not any(map(_alive, pids)), "idle workers were not stopped"
+    assert_close(dit(*args, ref_target_masks=masks), case.outputs()[name], 1e-4, "after an idle stop")
+    dit.close()
