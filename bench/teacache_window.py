@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--resolutions", default="480p,720p")
     args = p.parse_args(argv)
     cuda = not args.smoke
     device, dtype = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
            "weights": "random (official coefficients were fitted on the real weights)", "windows": {}}
     if cuda and not args.no_compile:
         model.compile_blocks()
-    for resolution, latent in LATENTS.items():
+    for resolution in args.resolutions.split(","):
+        latent = LATENTS[resolution]
         latent = latent if cuda else (3, 8, 12)
         inp = bl.make_inputs(model.config, latent, 1, device, dtype)
         with torch.inference_mode():
