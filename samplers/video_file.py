@@ -168,6 +168,7 @@ class Mp4Writer:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(self.crf), "preset": self.preset}
         self._video = stream
+        log.info("mp4: H.264 encode (crf %d) into %s", self.crf, self.target.name)
         if width % 2 or height % 2:
             log.info("H.264 yuv420p needs even sizes: padding %dx%d by one edge pixel", width, height)
         if self._audio is not None:

@@ -194,8 +194,10 @@ def test_progress_covers_every_step_of_every_window(first_run):
     progress = [p for p in first_run["ws"].of("progress", first_run["prompt_id"])
                 if p.get("node") == "8"]
     assert progress, "the sampler sent no progress messages"
-    assert {p["max"] for p in progress} == {2}         # 2 windows x 1 step
-    assert [p["value"] for p in progress][-1] == 2
+    # 2 windows x (conditioning + 1 step + decode): the bar moves before the first step and
+    # reaches its end only once the last window is decoded
+    assert {p["max"] for p in progress} == {6}
+    assert [p["value"] for p in progress] == [1, 2, 3, 4, 5, 6]
     executed = {m.get("node") for m in first_run["ws"].of("executing", first_run["prompt_id"])}
     assert {"5", "6", "7", "8", "9", "12"} <= executed
 
