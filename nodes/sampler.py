@@ -214,30 +214,37 @@ class InfiniteTalkSampler(io.ComfyNode):
                                       "connected: left half = speaker 1, right half = speaker 2."),
                 io.Combo.Input("mode", options=["standard", "fast"], default="standard",
                                tooltip=modes_tooltip()),
-                io.Int.Input("steps", default=0, min=0, max=200,
+                io.Int.Input("steps", display_name="steps (0 = preset: 40, fast 8)",
+                             default=0, min=0, max=200,
                              tooltip="Sampling steps per window. 0 = the mode's preset (40 / 8)."),
-                io.Float.Input("text_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
+                io.Float.Input("text_guidance", display_name="text_guidance (-1 = preset)",
+                               default=-1.0, min=-1.0, max=30.0, step=0.1,
                                tooltip="Text guidance scale. -1 = preset (5 standard, 1 fast). 1 = off, "
                                        "one DiT pass per step fewer."),
-                io.Float.Input("audio_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
+                io.Float.Input("audio_guidance", display_name="audio_guidance (-1 = preset)",
+                               default=-1.0, min=-1.0, max=30.0, step=0.1,
                                tooltip="Audio guidance scale (lip-sync strength). -1 = preset (4 "
                                        "standard, 2 fast). 1 = off, one DiT pass per step fewer (text and "
                                        "audio both 1: a single pass per step)."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=50.0, step=0.1,
+                io.Float.Input("shift", display_name="shift (0 = auto)",
+                               default=0.0, min=0.0, max=50.0, step=0.1,
                                tooltip="Noise schedule shift. 0 = auto (7 at 480p, 11 at 720p, 2 fast)."),
                 io.Int.Input("seed", default=42, min=0, max=2**63 - 1, control_after_generate=True,
                              tooltip="Random seed; the same seed gives the same video."),
                 io.Combo.Input("resolution", options=["480p", "720p", "custom"], default="480p",
                                tooltip="Output size: the official size bucket nearest to the image's "
                                        "aspect ratio, or custom width/height."),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                io.Int.Input("width", display_name="width (custom only)",
+                             default=832, min=16, max=4096, step=16,
                              tooltip="Custom width (resolution = custom), a multiple of 16.", **adv()),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                io.Int.Input("height", display_name="height (custom only)",
+                             default=480, min=16, max=4096, step=16,
                              tooltip="Custom height (resolution = custom), a multiple of 16.", **adv()),
                 io.Float.Input("color_correction", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Keeps colours matched to the reference over long videos "
                                        "(1 = official strength, 0 = off)."),
-                io.Int.Input("motion_frames", default=0, min=0, max=65,
+                io.Int.Input("motion_frames", display_name="motion_frames (0 = auto)",
+                             default=0, min=0, max=65,
                              tooltip="Frames carried from one window to the next. 0 = the family's "
                                      "default (9 InfiniteTalk, 25 MultiTalk).", **adv()),
                 io.Boolean.Input("apg", default=False,
@@ -251,12 +258,14 @@ class InfiniteTalkSampler(io.ComfyNode):
                                        f"blocks: faster, at some cost in fine detail and motion; higher "
                                        f"skips more steps. Keeps one residual per pass on the GPU (about "
                                        f"0.3 GB each at 480p, 0.8 GB at 720p).", **adv()),
-                io.Int.Input("max_frames", default=0, min=0, max=1_000_000,
+                io.Int.Input("max_frames", display_name="max_frames (0 = all)",
+                             default=0, min=0, max=1_000_000,
                              tooltip="Stop after this many frames (25 per second). 0 = the whole audio."),
                 io.Int.Input("image_frames_limit", default=250, min=0, max=100_000,
-                             tooltip="The IMAGE output holds all frames only up to this count (memory); "
-                                     "longer videos give just the first frame there (with a warning) - "
-                                     "the VIDEO output always has every frame.", **adv()),
+                             tooltip="The IMAGE output holds all frames only up to this count (memory: "
+                                     "~5 MB per 480p frame); longer videos give just the first frame "
+                                     "there (said in 'info'). The VIDEO output always has every frame, "
+                                     "whatever this is.", **adv()),
             ],
             outputs=[io.Video.Output(display_name="video"), io.Image.Output(display_name="images"),
                      io.Int.Output(display_name="frames"),
