@@ -142,11 +142,11 @@ def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Set
     reference, notes = _reference(image, video, plan.total_frames)
     for note in notes:
         log.warning("%s: %s", NODE, note)
-    folder = os.path.join(folder_paths.get_temp_directory(), "infinitetalk")
-    target = reserve_output_path(folder, "sampler")
     preview = PreviewFrames(image_frames_limit)
     progress = _Progress(len(plan), settings.steps)
     dit = host.load_for_sampling(model)
+    folder = os.path.join(folder_paths.get_temp_directory(), "infinitetalk")
+    target = reserve_output_path(folder, "sampler")
 
     def sink(frames):
         writer.write(frames)                # every frame goes to the video; the cap is preview's alone
@@ -191,7 +191,8 @@ class InfiniteTalkSampler(io.ComfyNode):
             display_name=NODE,
             category=CATEGORY,
             description="Generates the whole lip-synced video for the full audio, window by window "
-                        "(progress covers every step of every window; Cancel stops between steps).",
+                        "(progress covers each window's conditioning, steps and decode; Cancel stops "
+                        "between steps). The video carries your audio as its soundtrack.",
             inputs=[
                 Model.Input("model", tooltip="From InfiniteTalk Model Loader."),
                 Text.Input("text", tooltip="From InfiniteTalk T5 Text Encode."),
