@@ -119,10 +119,6 @@ def write(video, images, audio, frame_rate: float, quality: int, filename_prefix
                           "Run the sampler again: change one of its inputs, or free the node cache")
     frame_rate = _rate(video, frame_rate)
     folder, stem = _target(filename_prefix)
-    if isinstance(video, SamplerVideo) and not os.path.isfile(video.path):
-        raise input_error(NODE, "video", f"the sampler's video file {video.path} no longer exists "
-                          "(the host reused the sampler's earlier result)",
-                          "Run the sampler again: change one of its inputs, or free the node cache")
     source = _stream_source(video)
     if _copyable(video, source, frame_rate, quality):
         target = _reserve(folder, stem, filename_prefix)     # only once every input is checked
