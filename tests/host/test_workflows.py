@@ -30,14 +30,7 @@ pytestmark = pytest.mark.host
 FPS = 25
 SPEECH_SECONDS = 40.0                # every bundled workflow: >= 40 s of speech (two speakers: a
 LONG_SECONDS = 60.0                  # conversation split per speaker); the long one: 60 s
-SMALL_FRAME = {"resolution": "custom", "width": 32, "height": 32}   # all else as shipped...
-# ...but the step count: 40 steps x 3 DiT passes x 14 windows of tiny model cost ~6 CPU-minutes per
-# workflow (the CLIP / audio projections do not shrink with the model), so the shipped 40 steps run
-# in the single-speaker workflow only; the other standard-mode workflows take 2 steps, the fast ones
-# keep their shipped preset (8). The frame-count paths (windows, image_frames_limit, max_frames,
-# Video Combine) are the same for any step count.
-FULL_STEPS = {"infinitetalk_single"}
-CHEAP_STEPS = 2
+SMALL_FRAME = {"resolution": "custom", "width": 32, "height": 32}   # all else as shipped
 WORKFLOWS = sorted(p.stem for p in WORKFLOWS_API.glob("*.json"))
 SCENARIOS = ("single", "multi", "int8", "fp8", "fusionx", "lora", "dubbing", "long")
 
@@ -150,11 +143,7 @@ def test_workflow_as_shipped_on_real_length_speech(tiny_host, real_speech, name)
     """Shipped settings (steps, image_frames_limit, max_frames, Video Combine), tiny models and a
     small frame, on >= 40 s of speech: the whole audio in the mp4, the user's soundtrack in it,
     one H.264 encode, no temp copy left behind."""
-    shipped = load_api_workflow(name)
-    mode = next(n["inputs"]["mode"] for n in shipped.values() if n["class_type"] == "InfiniteTalkSampler")
-    cheap = mode == "standard" and name not in FULL_STEPS
-    graph = tiny_graph(shipped, sampler={**SMALL_FRAME, **({"steps": CHEAP_STEPS} if cheap else {})},
-                       inputs=real_speech)
+    graph = tiny_graph(load_api_workflow(name), sampler=SMALL_FRAME, inputs=real_speech)
     start = len(tiny_host.log_text())
     temp = tiny_host.temp_dir / "infinitetalk"
     temp_before = sorted(temp.iterdir()) if temp.exists() else []
