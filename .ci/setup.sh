@@ -51,3 +51,13 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
+
+# The current ComfyUI frontend from PyPI, beside the host's pinned one: the browser test also loads
+# the bundled workflows in it (the host serves it with --front-end-root). Static files only, ~30 MB.
+FRONTEND_VERSION=1.58.1
+FRONTEND="$ROOT/.host/frontend-$FRONTEND_VERSION"
+if [ ! -f "$FRONTEND/comfyui_frontend_package/static/index.html" ]; then
+  log "installing comfyui-frontend-package $FRONTEND_VERSION (the current frontend) into $FRONTEND"
+  quiet_pip install -q --no-deps --target "$FRONTEND" "comfyui-frontend-package==$FRONTEND_VERSION" \
+    || log "could not install comfyui-frontend-package $FRONTEND_VERSION: its browser test will be skipped"
+fi

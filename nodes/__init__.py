@@ -9,6 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 from ..loaders import host
 from ..samplers.video_file import sweep_leftovers
 from .audio_encode import InfiniteTalkAudioEncode
+from .demo_inputs import offer_to_host
 from .lora_select import InfiniteTalkLoraSelect
 from .model_loader import InfiniteTalkModelLoader
 from .sampler import InfiniteTalkSampler
@@ -50,4 +51,5 @@ class InfiniteTalkExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         host.register_folders()       # also here: 0.3.75 does not call on_load for custom nodes
         _sweep_once()
+        offer_to_host()               # the bundled workflows' inputs, never over a user's file
         return list(NODES)

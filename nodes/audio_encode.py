@@ -51,7 +51,8 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
             display_name=NODE,
             category=CATEGORY,
             description="Turns speech into the per-frame audio features the model listens to (25 video "
-                        "frames per second). Also gives the soundtrack and the video length in frames.",
+                        "frames per second). Also gives the soundtrack (your audio as loaded, which the "
+                        "sampler puts into the video) and the video length in frames.",
             inputs=[
                 io.Combo.Input("wav2vec_model", options=host.list_models("wav2vec"),
                                tooltip="wav2vec2 (chinese-wav2vec2-base): a Hugging Face folder "
@@ -63,14 +64,23 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
                                tooltip="Speech of speaker 2, for two-person videos (needs speaker masks "
                                        "or the default left/right halves)."),
                 io.Combo.Input("mode", options=["para", "add"], default="para",
-                               tooltip="Two speakers only. para: both tracks play at the same time. add: "
-                                       "a conversation, speaker 1 first, then speaker 2."),
+                               tooltip="Two speakers only. para: per-speaker tracks of ONE "
+                                       "conversation, equally long, each silent while the other talks "
+                                       "(the official multi-person demo); they play together and the "
+                                       "soundtrack is their mix. add: two separate monologues; speaker 1 "
+                                       "talks first, then speaker 2, and the soundtrack is one clip "
+                                       "after the other."),
                 io.Boolean.Input("normalize_loudness", default=True,
-                                 tooltip="Bring each track to -23 LUFS before encoding, as the official "
-                                         "pipeline does."),
+                                 tooltip="Bring each track to -23 LUFS for the model's audio features, as "
+                                         "the official pipeline does. The soundtrack in the video is "
+                                         "never changed: your audio at its own volume, sample rate "
+                                         "and channels."),
             ],
             outputs=[Audio.Output(display_name="audio_embeds"),
-                     io.Audio.Output(display_name="soundtrack"),
+                     io.Audio.Output(display_name="soundtrack",
+                                     tooltip="Your audio as it goes into the video: one speaker's clip, "
+                                             "or both mixed (para) / one after the other (add), at the "
+                                             "clips' own sample rate and channels, not normalised."),
                      io.Int.Output(display_name="frames")],
         )
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 import logging
 import os
 
+import av
 import comfy.utils
 import folder_paths
-import torch
 from comfy_api.latest import io
-from comfy_api.latest import InputImpl
 
 from ..loaders import host
 from ..samplers import checks
 from ..samplers import conditioning as C
 from ..samplers.loop import Settings, generate
 from ..samplers.presets import get_preset, modes_tooltip
+from ..samplers.preview_frames import PreviewFrames
+from ..samplers.source_video import SourceVideo
 from ..samplers.teacache import OFFICIAL_THRESHOLD
-from ..samplers.video_file import FrameReader, Mp4Writer, reserve_output_path
+from ..samplers.video_file import Mp4Writer, reserve_output_path
+from ..samplers.windows import plan_windows
+from .sampler_video import SAMPLER_CRF, SamplerVideo
 from .types import CATEGORY, Audio, Model, Text, adv, input_error
 
 NODE = "InfiniteTalk Sampler"
@@ -40,15 +43,62 @@ def _host_clip(clip_vision):
     return encode
 
 
-def _reference(image, video):
+def _reference(image, video, speech_frames: int):
+    """(the reference for the loop, notes for the user)."""
     if video is not None:
-        src = video.get_stream_source()
-        return FrameReader(src, video.get_frame_count())
+        try:
+            src = video.get_stream_source()
+        except (AttributeError, NotImplementedError):     # an in-memory VIDEO: its frames as they are
+            return video.get_components().images, []
+        try:
+            reader = SourceVideo(src)
+        except (ValueError, IndexError, av.error.FFmpegError) as err:
+            raise input_error(NODE, "video", f"the video cannot be read ({err})",
+                              "Load a video file with frames (mp4, webm, mov)") from None
+        return reader, reader.notes(speech_frames)
     if image is None:
         raise input_error(NODE, "image", "connect a reference image (or a video to dub)")
     if image.shape[0] > 1:
         log.info("%s: %d images given; the first one is the reference", NODE, image.shape[0])
-    return image[0]
+    return image[0], []
+
+
+class _Progress:
+    """One bar for the whole run: per window, its conditioning, its steps and its decode.
+
+    The loop reports steps; conditioning counts once the window's first VAE encode is done (every
+    window encodes: the keyframe or its motion frames), the decode once it returns, so the bar moves
+    before the first step and reaches the end only after the last window is decoded."""
+
+    def __init__(self, windows: int, steps: int):
+        self.total = windows * (steps + 2)
+        self.steps = self.phases = 0
+        self.encoded = False                # the current window's conditioning was counted
+        self.bar = comfy.utils.ProgressBar(self.total)
+
+    def _show(self) -> None:
+        self.bar.update_absolute(min(self.steps + self.phases, self.total), self.total)
+
+    def on_step(self, done: int, _total: int) -> None:
+        self.steps = done
+        self._show()
+
+    def wrap(self, encode, decode):
+        def encode_counted(frames):
+            out = encode(frames)
+            if not self.encoded:
+                self.encoded = True
+                self.phases += 1
+                self._show()
+            return out
+
+        def decode_counted(latent):
+            out = decode(latent)
+            self.encoded = False            # the next encode belongs to the next window
+            self.phases += 1
+            self._show()
+            return out
+        return encode_counted, decode_counted
 
 
 def _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution, width,
@@ -85,26 +135,22 @@ def _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, re
 
 def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Settings,
         image_frames_limit: int):
-    """Sample into a temp mp4 (with the soundtrack); returns (path, preview frames, frame count)."""
+    """Sample into a temp mp4 (with the soundtrack); returns (path, preview frames, frames, info)."""
+    audio_frames = int(audio["embeddings"].shape[1])
+    plan = plan_windows(audio_frames, family=settings.family, frame_num=settings.frame_num,
+                        motion_frames=settings.motion_frames, max_frames=settings.max_frames)
+    reference, notes = _reference(image, video, plan.total_frames)
+    for note in notes:
+        log.warning("%s: %s", NODE, note)
+    preview = PreviewFrames(image_frames_limit)
+    progress = _Progress(len(plan), settings.steps)
+    dit = host.load_for_sampling(model)
     folder = os.path.join(folder_paths.get_temp_directory(), "infinitetalk")
     target = reserve_output_path(folder, "sampler")
-    keep, first, bar = [], [], None
-    dit = host.load_for_sampling(model)
 
     def sink(frames):
-        if not first:
-            first.append(frames[:1].clone())
-        if image_frames_limit > 0 and sum(len(k) for k in keep) + len(frames) <= image_frames_limit:
-            keep.append(frames.clone())
-        else:
-            keep.clear()
-            keep.append(None)               # marks "too many": only the first frame comes out
-        writer.write(frames)
-
-    def on_step(done, total):
-        nonlocal bar
-        bar = bar or comfy.utils.ProgressBar(total)
-        bar.update_absolute(done, total)
+        writer.write(frames)                # every frame goes to the video; the cap is preview's alone
+        preview.add(frames)
 
     def should_stop():
         host.throw_if_interrupted()
@@ -112,11 +158,13 @@ def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Set
 
     interrupted = False
     try:
-        with (Mp4Writer(target, 25, audio=audio["soundtrack"], sample_rate=audio["sample_rate"]) as writer,
+        with (Mp4Writer(target, 25, crf=SAMPLER_CRF, audio=audio["soundtrack"],
+                        sample_rate=audio["sample_rate"]) as writer,
               checks.first_output_finite(dit)):
-            result = generate(dit, *_host_vae(vae), _host_clip(clip_vision), _reference(image, video),
+            encode, decode = progress.wrap(*_host_vae(vae))
+            result = generate(dit, encode, decode, _host_clip(clip_vision), reference,
                               audio["embeddings"], text, settings, masks=masks, sink=sink,
-                              on_step=on_step, should_stop=should_stop)
+                              on_step=progress.on_step, should_stop=should_stop)
     except checks.NonFiniteOutput as err:
         raise input_error(NODE, "model", str(err), "Re-download the model, remove or weaken its LoRAs, or "
                           "choose precision bf16 or fp32 in the InfiniteTalk Model Loader") from None
@@ -125,14 +173,14 @@ def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Set
         raise
     finally:
         host.release_after_sampling(model, interrupted=interrupted)
-    if keep and keep[0] is None:
-        log.warning("%s: %d frames is more than image_frames_limit (%d); the IMAGE output holds only "
-                    "the first frame (the VIDEO output has them all)", NODE, result.frames,
-                    image_frames_limit)
-        images = first[0]
-    else:
-        images = torch.cat(keep) if keep else first[0]
-    return str(target), images, result.frames
+    if preview.note():
+        log.info("%s: %s", NODE, preview.note())
+    sound = audio["soundtrack"]
+    info = [f"{result.frames} frames ({result.frames / 25:.2f} s at 25 fps), {result.width}x"
+            f"{result.height}, {len(plan)} window(s); soundtrack {audio['sample_rate']} Hz, "
+            f"{sound.shape[0] if sound.dim() > 1 else 1} channel(s)"]
+    info += [f"warning: {n}" for n in notes] + ([preview.note()] if preview.note() else [])
+    return str(target), preview.images(), result.frames, "\n".join(info)
 
 
 class InfiniteTalkSampler(io.ComfyNode):
@@ -143,7 +191,8 @@ class InfiniteTalkSampler(io.ComfyNode):
             display_name=NODE,
             category=CATEGORY,
             description="Generates the whole lip-synced video for the full audio, window by window "
-                        "(progress covers every step of every window; Cancel stops between steps).",
+                        "(progress covers each window's conditioning, steps and decode; Cancel stops "
+                        "between steps). The video carries your audio as its soundtrack.",
             inputs=[
                 Model.Input("model", tooltip="From InfiniteTalk Model Loader."),
                 Text.Input("text", tooltip="From InfiniteTalk T5 Text Encode."),
@@ -157,36 +206,46 @@ class InfiniteTalkSampler(io.ComfyNode):
                                        "image is used."),
                 io.Video.Input("video", optional=True,
                                tooltip="A video to dub (video-to-video): its frames are the per-window "
-                                       "references. Used instead of 'image' when connected."),
+                                       "references, read at 25 fps by their timestamps (other frame "
+                                       "rates are resampled, with a warning). Shorter than the speech: "
+                                       "its last frame is held (warning). Used instead of 'image' "
+                                       "when connected."),
                 io.Mask.Input("masks", optional=True,
                               tooltip="Two speakers: [3, H, W] from InfiniteTalk Speaker Masks. Not "
                                       "connected: left half = speaker 1, right half = speaker 2."),
                 io.Combo.Input("mode", options=["standard", "fast"], default="standard",
                                tooltip=modes_tooltip()),
-                io.Int.Input("steps", default=0, min=0, max=200,
+                io.Int.Input("steps", display_name="steps (0 = preset: 40, fast 8)",
+                             default=0, min=0, max=200,
                              tooltip="Sampling steps per window. 0 = the mode's preset (40 / 8)."),
-                io.Float.Input("text_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
+                io.Float.Input("text_guidance", display_name="text_guidance (-1 = preset)",
+                               default=-1.0, min=-1.0, max=30.0, step=0.1,
                                tooltip="Text guidance scale. -1 = preset (5 standard, 1 fast). 1 = off, "
                                        "one DiT pass per step fewer."),
-                io.Float.Input("audio_guidance", default=-1.0, min=-1.0, max=30.0, step=0.1,
+                io.Float.Input("audio_guidance", display_name="audio_guidance (-1 = preset)",
+                               default=-1.0, min=-1.0, max=30.0, step=0.1,
                                tooltip="Audio guidance scale (lip-sync strength). -1 = preset (4 "
                                        "standard, 2 fast). 1 = off, one DiT pass per step fewer (text and "
                                        "audio both 1: a single pass per step)."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=50.0, step=0.1,
+                io.Float.Input("shift", display_name="shift (0 = auto)",
+                               default=0.0, min=0.0, max=50.0, step=0.1,
                                tooltip="Noise schedule shift. 0 = auto (7 at 480p, 11 at 720p, 2 fast)."),
                 io.Int.Input("seed", default=42, min=0, max=2**63 - 1, control_after_generate=True,
                              tooltip="Random seed; the same seed gives the same video."),
                 io.Combo.Input("resolution", options=["480p", "720p", "custom"], default="480p",
                                tooltip="Output size: the official size bucket nearest to the image's "
                                        "aspect ratio, or custom width/height."),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                io.Int.Input("width", display_name="width (custom only)",
+                             default=832, min=16, max=4096, step=16,
                              tooltip="Custom width (resolution = custom), a multiple of 16.", **adv()),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                io.Int.Input("height", display_name="height (custom only)",
+                             default=480, min=16, max=4096, step=16,
                              tooltip="Custom height (resolution = custom), a multiple of 16.", **adv()),
                 io.Float.Input("color_correction", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Keeps colours matched to the reference over long videos "
                                        "(1 = official strength, 0 = off)."),
-                io.Int.Input("motion_frames", default=0, min=0, max=65,
+                io.Int.Input("motion_frames", display_name="motion_frames (0 = auto)",
+                             default=0, min=0, max=65,
                              tooltip="Frames carried from one window to the next. 0 = the family's "
                                      "default (9 InfiniteTalk, 25 MultiTalk).", **adv()),
                 io.Boolean.Input("apg", default=False,
@@ -200,15 +259,20 @@ class InfiniteTalkSampler(io.ComfyNode):
                                        f"blocks: faster, at some cost in fine detail and motion; higher "
                                        f"skips more steps. Keeps one residual per pass on the GPU (about "
                                        f"0.3 GB each at 480p, 0.8 GB at 720p).", **adv()),
-                io.Int.Input("max_frames", default=0, min=0, max=1_000_000,
+                io.Int.Input("max_frames", display_name="max_frames (0 = all)",
+                             default=0, min=0, max=1_000_000,
                              tooltip="Stop after this many frames (25 per second). 0 = the whole audio."),
                 io.Int.Input("image_frames_limit", default=250, min=0, max=100_000,
-                             tooltip="The IMAGE output holds all frames only up to this count (memory); "
-                                     "longer videos give just the first frame there (with a warning) - "
-                                     "the VIDEO output always has every frame.", **adv()),
+                             tooltip="The IMAGE output holds all frames only up to this count (memory: "
+                                     "~5 MB per 480p frame); longer videos give just the first frame "
+                                     "there (said in 'info'). The VIDEO output always has every frame, "
+                                     "whatever this is.", **adv()),
             ],
             outputs=[io.Video.Output(display_name="video"), io.Image.Output(display_name="images"),
-                     io.Int.Output(display_name="frames")],
+                     io.Int.Output(display_name="frames"),
+                     io.String.Output(display_name="info",
+                                      tooltip="What was made, and warnings (e.g. a dubbing source "
+                                              "shorter than the speech, or not 25 fps).")],
         )
 
     @classmethod
@@ -234,6 +298,6 @@ class InfiniteTalkSampler(io.ComfyNode):
         settings = _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution,
                              width, height, color_correction, motion_frames, apg, teacache_thresh,
                              max_frames)
-        path, images, frames = run(model, text, audio, vae, clip_vision, image, video, masks,
-                                   settings, image_frames_limit)
-        return io.NodeOutput(InputImpl.VideoFromFile(path), images, frames)
+        path, images, frames, info = run(model, text, audio, vae, clip_vision, image, video, masks,
+                                         settings, image_frames_limit)
+        return io.NodeOutput(SamplerVideo(path, SAMPLER_CRF), images, frames, info)

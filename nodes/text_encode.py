@@ -12,6 +12,13 @@ DEFAULT_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字�
                     "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
                     "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 
+# What DEFAULT_NEGATIVE says, phrase by phrase (shown in the tooltip; the model gets the Chinese).
+NEGATIVE_GLOSS = ("garish colours, overexposed, static, blurry details, subtitles, style, artwork, "
+                  "painting, picture, still, greyish overall, worst quality, low quality, JPEG "
+                  "artefacts, ugly, mutilated, extra fingers, badly drawn hands, badly drawn face, "
+                  "deformed, disfigured, malformed limbs, fused fingers, motionless frame, cluttered "
+                  "background, three legs, many people in the background, walking backwards.")
+
 
 class InfiniteTalkTextEncode(io.ComfyNode):
     @classmethod
@@ -35,7 +42,8 @@ class InfiniteTalkTextEncode(io.ComfyNode):
                                 tooltip="What the video shows: the person, the scene, the camera."),
                 io.String.Input("negative_prompt", multiline=True, default=DEFAULT_NEGATIVE,
                                 tooltip="What to avoid. Prefilled with the official default negative "
-                                        "prompt (Chinese, as the model was trained)."),
+                                        "prompt (Chinese, as the model was trained). In English: "
+                                        + NEGATIVE_GLOSS),
             ],
             outputs=[Text.Output(display_name="text")],
         )

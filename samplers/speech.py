@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .soundtrack import user_soundtrack
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -143,15 +145,6 @@ def two_speaker_tracks(a1: np.ndarray, a2: np.ndarray, mode: str) -> tuple[np.nd
     raise ValueError(f"audio: unknown two-speaker mode {mode!r}; use 'para' (simultaneous) or 'add' (in turn)")
 
 
-def mix_tracks(tracks: list[np.ndarray]) -> np.ndarray:
-    """The soundtrack: the sum of the speaker tracks (zero-padded to the longest)."""
-    n = max(t.shape[-1] for t in tracks)
-    out = np.zeros(n, dtype=np.float32)
-    for t in tracks:
-        out[: t.shape[-1]] += t
-    return out
-
-
 # ------------------------------------------------------------------------------ one or two speakers
 MIN_SECONDS = 0.2          # shorter than this gives no usable mouth motion (5 video frames)
 SILENCE_RMS = 1e-4         # on the [-1, 1] scale; below this the clip is treated as silent
@@ -171,7 +164,8 @@ class SpeechFeatures:
     """What the sampler needs from the audio (the INFINITETALK_AUDIO value).
 
     embeddings [N, F, 12, 768] float32 CPU (N speakers, F video frames at 25 fps); soundtrack: the
-    mono 16 kHz mix [S] that goes into the video; frames = F."""
+    user's audio [C, S] at ``sample_rate``, as it goes into the video (``soundtrack.py``: never the
+    normalised 16 kHz signal the features come from); frames = F."""
     embeddings: torch.Tensor
     soundtrack: torch.Tensor
     sample_rate: int
@@ -183,8 +177,8 @@ class SpeechFeatures:
         return getattr(self, key)
 
     def as_audio(self) -> dict:
-        """The soundtrack as the host's AUDIO: {"waveform": [1, 1, S], "sample_rate"}."""
-        return {"waveform": self.soundtrack[None, None].float(), "sample_rate": self.sample_rate}
+        """The soundtrack as the host's AUDIO: {"waveform": [1, C, S], "sample_rate"}."""
+        return {"waveform": self.soundtrack[None].float(), "sample_rate": self.sample_rate}
 
 
 def check_waveform(waveform, sample_rate: int, speaker: int = 0) -> None:
@@ -228,6 +222,7 @@ def encode_speakers(model, waveforms: list, sample_rates: list[int], mode: str =
     feats = [embed_waveform(model, t).cpu() for t in tracks]
     frames = min(f.shape[0] for f in feats)
     embeddings = torch.stack([f[:frames] for f in feats])            # [N, F, 12, 768]
-    soundtrack = torch.from_numpy(mix_tracks(tracks))
-    log.info("audio: %d speaker(s), %d frames (%.2f s at %d fps)", len(tracks), frames, frames / FPS, FPS)
-    return SpeechFeatures(embeddings, soundtrack, SAMPLE_RATE, frames, len(tracks), mode)
+    soundtrack, rate = user_soundtrack(waveforms, sample_rates, mode)
+    log.info("audio: %d speaker(s), %d frames (%.2f s at %d fps); soundtrack %d Hz, %d channel(s)",
+             len(tracks), frames, frames / FPS, FPS, rate, soundtrack.shape[0])
+    return SpeechFeatures(embeddings, soundtrack, rate, frames, len(tracks), mode)

@@ -168,6 +168,7 @@ class Mp4Writer:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(self.crf), "preset": self.preset}
         self._video = stream
+        log.info("mp4: H.264 encode (crf %d) into %s", self.crf, self.target.name)
         if width % 2 or height % 2:
             log.info("H.264 yuv420p needs even sizes: padding %dx%d by one edge pixel", width, height)
         if self._audio is not None:
@@ -314,29 +315,3 @@ def probe(path: str | os.PathLike) -> dict:
                                  if stream.duration else None}
     return info
 
-
-class FrameReader:
-    """A video file as a sequence (``len`` + ``[i] -> float [H, W, 3]`` 0..1) decoded forward on demand,
-    keeping one chunk in memory; going backwards re-opens the file."""
-
-    def __init__(self, source, frame_count: int, chunk: int = 16):
-        self.source = source
-        self.count = int(frame_count)
-        self.chunk = chunk
-        self._iter = None
-        self._start = 0
-        self._buf = None
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        if self._buf is None or index < self._start:
-            self._iter, self._start, self._buf = iter_frames(self.source, self.chunk), 0, None
-            self._buf = next(self._iter)
-        while index >= self._start + len(self._buf):
-            self._start += len(self._buf)
-            self._buf = next(self._iter)
-        return torch.from_numpy(self._buf[index - self._start]).float() / 255.0

@@ -20,10 +20,11 @@ def test_one_speaker_frames_follow_the_audio_length(wav2vec):
     assert feats.frames == 25 and feats.speakers == 1
     assert feats.embeddings.shape == (1, 25, 12, tiny.TINY_WAV2VEC["hidden_size"])
     assert feats.embeddings.dtype == torch.float32 and feats.embeddings.device.type == "cpu"
-    assert feats.sample_rate == 16000 and feats.soundtrack.shape == (16000,)
+    # the soundtrack is the user's clip: 44.1 kHz stereo, not the model's 16 kHz mono
+    assert feats.sample_rate == 44100 and feats.soundtrack.shape == (2, 44100)
     assert feats["frames"] == 25 and feats["soundtrack"] is feats.soundtrack   # dict-style access
     audio = feats.as_audio()
-    assert audio["waveform"].shape == (1, 1, 16000) and audio["sample_rate"] == 16000
+    assert audio["waveform"].shape == (1, 2, 44100) and audio["sample_rate"] == 44100
 
 
 def test_frames_round_down_like_the_reference(wav2vec):
@@ -35,7 +36,8 @@ def test_two_speakers_para_pads_to_the_longer(wav2vec):
     feats = speech.encode_speakers(wav2vec, [_voice(0.8, 16000), _voice(0.4, 22050, 220)],
                                    [16000, 22050], mode="para")
     assert feats.embeddings.shape[:2] == (2, 20) and feats.frames == 20
-    assert feats.soundtrack.shape == (int(0.8 * 16000),)
+    assert feats.sample_rate == 22050                     # the higher of the two rates
+    assert feats.soundtrack.shape == (1, int(0.8 * 22050))
 
 
 def test_two_speakers_add_takes_turns(wav2vec):
@@ -43,9 +45,16 @@ def test_two_speakers_add_takes_turns(wav2vec):
     feats = speech.encode_speakers(wav2vec, [a, b], [16000, 16000], mode="add",
                                    normalize_loudness=False)
     assert feats.frames == int(1.2 * 25) and feats.embeddings.shape[0] == 2
-    mix = feats.soundtrack.numpy()
+    mix = feats.soundtrack.numpy()[0]
     np.testing.assert_allclose(mix[:12800], a[0, 0].numpy(), atol=1e-6)   # speaker 1 first
     np.testing.assert_allclose(mix[12800:], b[0, 0].numpy(), atol=1e-6)   # then speaker 2
+
+
+def test_soundtrack_is_never_loudness_normalised(wav2vec):
+    """normalize_loudness shapes the features only; the video carries the clip as recorded."""
+    quiet = _voice(1.0, 48000, channels=2) * 0.05
+    feats = speech.encode_speakers(wav2vec, [quiet], [48000], normalize_loudness=True)
+    torch.testing.assert_close(feats.soundtrack, quiet[0])
 
 
 def test_one_speaker_matches_embed_speech(wav2vec):

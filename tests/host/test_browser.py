@@ -1,7 +1,9 @@
 """The real ComfyUI page in Debian's Chromium loads every bundled UI workflow with no missing nodes.
 
-Needs /usr/bin/chromium (Debian package ``chromium``) and the ``playwright`` Python package; never
-downloads a browser. Screenshots go to pytest's tmp dir (path logged) for a human look.
+Twice: in the frontend the host pins (comfyui-frontend-package 1.32.9) and in the current one from
+PyPI (1.58.1, installed by .ci/setup.sh into .host/frontend-1.58.1 and served by a second host with
+``--front-end-root``). Needs /usr/bin/chromium (Debian package ``chromium``) and the ``playwright``
+Python package; never downloads a browser. Screenshots go to pytest's tmp dir (path logged).
 """
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ import pytest
 
 from tiny.host_files import REPO
 
+from .server import HostServer
+
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 log = logging.getLogger(__name__)
 
 CHROMIUM = Path(os.environ.get("INFINITETALK_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CURRENT_FRONTEND = Path(os.environ.get(
+    "INFINITETALK_CURRENT_FRONTEND",
+    REPO / ".host" / "frontend-1.58.1" / "comfyui_frontend_package" / "static"))
 UI_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 OUR_NODES = ["InfiniteTalkModelLoader", "InfiniteTalkLoraSelect", "InfiniteTalkTextEncode",
              "InfiniteTalkAudioEncode", "InfiniteTalkSpeakerMask", "InfiniteTalkSampler",
@@ -56,8 +63,24 @@ def _skip_first_visit_tour(host) -> None:
         pass
 
 
+@pytest.fixture(scope="module", params=["pinned", "1.58.1"])
+def page_host(request, host, tmp_path_factory):
+    """The session host (its pinned frontend), or a second one serving the current frontend."""
+    if request.param == "pinned":
+        yield host
+        return
+    if not (CURRENT_FRONTEND / "index.html").is_file():
+        pytest.skip(f"{CURRENT_FRONTEND} is absent: .ci/setup.sh installs comfyui-frontend-package "
+                    "1.58.1 there")
+    base = tmp_path_factory.mktemp("comfy-base-frontend")
+    with HostServer(base, extra_args=("--front-end-root", str(CURRENT_FRONTEND))) as server:
+        server.frontend = request.param
+        yield server
+
+
 @pytest.fixture(scope="module")
-def page(host, tmp_path_factory):
+def page(page_host, tmp_path_factory):
+    host = page_host
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install -y chromium) "
                     "to run the browser test")
@@ -80,6 +103,7 @@ def page(host, tmp_path_factory):
                 "'InfiniteTalkSampler' in window.LiteGraph.registered_node_types", timeout=120_000)
             _close_dialogs(pg)
             pg.page_errors = errors
+            pg.frontend = getattr(host, "frontend", "pinned")
             yield pg
         finally:
             browser.close()
@@ -113,7 +137,7 @@ def test_ui_workflow_loads_without_missing_nodes(page, path, tmp_path_factory):
                   " window.app.graph.setDirtyCanvas(true, true); }")
     _close_dialogs(page)
     page.wait_for_timeout(300)
-    shot = shots / f"{path.stem}.png"
+    shot = shots / f"{path.stem}-{page.frontend}.png"
     page.screenshot(path=str(shot))
     log.info("screenshot: %s", shot)
     assert shot.stat().st_size > 10_000

@@ -188,14 +188,37 @@ def test_mp4_has_h264_aac_and_the_audio_length(host, first_run):
     assert not list(path.parent.glob(".*.part"))       # no temp leftovers beside it
     from_images = probe(_video_path(host, first_run["outputs"], "12"))
     assert from_images["video"]["frames"] == FRAMES and from_images["audio"]["codec"] == "aac"
+    assert _sampler_temp_files(host) == []              # the sampler's temp copy was moved out
+    assert host.log_text().count("mp4: H.264 encode (crf 19) into sampler_") == 1
+
+
+def _packets(path: Path) -> list[bytes]:
+    import av
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(video=0) if p.size]
+
+
+def test_cached_sampler_video_is_saved_again_without_its_temp_copy(host, first_run):
+    """Only Video Combine's prefix changes: the host reuses the sampler's VIDEO, whose temp file the
+    first save removed; the new file holds the very same H.264 stream (nothing re-encoded)."""
+    prompt = copy.deepcopy(first_run["prompt"])
+    prompt["9"]["inputs"]["filename_prefix"] = "e2e/again"
+    encodes = host.log_text().count("mp4: H.264 encode")
+    outputs = host.run(prompt, timeout=300)
+    again = _video_path(host, outputs)
+    assert again.name.startswith("again_")
+    assert _packets(again) == _packets(_video_path(host, first_run["outputs"]))
+    assert host.log_text().count("mp4: H.264 encode") == encodes
 
 
 def test_progress_covers_every_step_of_every_window(first_run):
     progress = [p for p in first_run["ws"].of("progress", first_run["prompt_id"])
                 if p.get("node") == "8"]
     assert progress, "the sampler sent no progress messages"
-    assert {p["max"] for p in progress} == {2}         # 2 windows x 1 step
-    assert [p["value"] for p in progress][-1] == 2
+    # 2 windows x (conditioning + 1 step + decode): the bar moves before the first step and
+    # reaches its end only once the last window is decoded
+    assert {p["max"] for p in progress} == {6}
+    assert [p["value"] for p in progress] == [1, 2, 3, 4, 5, 6]
     executed = {m.get("node") for m in first_run["ws"].of("executing", first_run["prompt_id"])}
     assert {"5", "6", "7", "8", "9", "12"} <= executed
 

@@ -25,7 +25,7 @@ OUTPUTS = {
     "InfiniteTalkTextEncode": ["INFINITETALK_TEXT"],
     "InfiniteTalkAudioEncode": ["INFINITETALK_AUDIO", "AUDIO", "INT"],
     "InfiniteTalkSpeakerMask": ["MASK", "IMAGE"],
-    "InfiniteTalkSampler": ["VIDEO", "IMAGE", "INT"],
+    "InfiniteTalkSampler": ["VIDEO", "IMAGE", "INT", "STRING"],
     "InfiniteTalkVideoCombine": ["VIDEO", "STRING"],
 }
 
@@ -60,5 +60,24 @@ def test_only_our_nodes_use_our_prefix(info):
 
 
 def test_negative_prompt_is_the_official_default(info):
-    neg = info["InfiniteTalkTextEncode"]["input"]["required"]["negative_prompt"][1]["default"]
+    spec = info["InfiniteTalkTextEncode"]["input"]["required"]["negative_prompt"][1]
+    neg = spec["default"]
     assert neg.startswith("色调艳丽，过曝，静态") and neg.endswith("倒着走")
+    # readers who do not read Chinese see what it asks the model to avoid
+    assert "In English: garish colours, overexposed, static" in spec["tooltip"]
+    assert "walking backwards" in spec["tooltip"]
+
+
+def test_sampler_placeholders_say_what_they_mean(info):
+    """0 / -1 mean 'the preset' and width/height apply to 'custom' only: the labels say so."""
+    spec = {**info["InfiniteTalkSampler"]["input"]["required"]}
+    labels = {name: s[1].get("display_name", name) for name, s in spec.items()}
+    assert "40" in labels["steps"] and "8" in labels["steps"]
+    assert "preset" in labels["text_guidance"] and "preset" in labels["audio_guidance"]
+    assert "custom" in labels["width"] and "custom" in labels["height"]
+    assert "0 =" in labels["max_frames"] and "0 =" in labels["shift"]
+
+
+def test_para_and_add_say_which_fits_what(info):
+    tip = info["InfiniteTalkAudioEncode"]["input"]["required"]["mode"][1]["tooltip"]
+    assert "per-speaker tracks of ONE conversation" in tip and "two separate monologues" in tip

@@ -1,9 +1,11 @@
 """Every bundled workflow runs on the real host with tiny models and yields a playable mp4.
 
-The API graphs in workflows_api/ are queued as users' scripts would, with only the sampler's cost
-knobs (steps, size, max_frames) and, for the 'long' scenario, the audio file replaced. The mp4 is
-checked with PyAV: H.264 video, AAC audio, frame count, duration. Also: the UI twins are in sync
-with the API graphs, the host lists them as templates, and docs/api_client.py works end to end.
+The API graphs in workflows_api/ are queued as shipped (steps, image_frames_limit, max_frames,
+Video Combine settings), with only the model files tiny and the frame small, on real-length speech
+(>= 40 s; two speakers: a conversation split per speaker; see tiny/speech_inputs.py). The mp4 is
+checked with PyAV: H.264 video, AAC audio, frame count, duration, the user's soundtrack at its own
+rate and channels, sample-aligned; the host log shows exactly one H.264 encode. Also: the UI twins
+are in sync with the API graphs, the host lists them as templates, and docs/api_client.py works.
 """
 from __future__ import annotations
 
@@ -11,21 +13,24 @@ import json
 import subprocess
 import sys
 import urllib.request
-import wave
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
+from infinitetalk.samplers.mp4_copy import read_soundtrack
 from .server import PromptRejected
 from tiny.host_files import (REPO, TINY_SAMPLER, WORKFLOWS_API, copy_demo_inputs, load_api_workflow,
                              tiny_graph, write_user_models)
+from tiny.speech_inputs import conversation, long_speech, read_wav, video_frames
 
 pytestmark = pytest.mark.host
 
 FPS = 25
-DEMO_SECONDS = 4.0                   # demo/*.wav
-LONG_SECONDS = 6.0                   # > 81 frames: two windows
+SPEECH_SECONDS = 40.0                # every bundled workflow: >= 40 s of speech (two speakers: a
+LONG_SECONDS = 60.0                  # conversation split per speaker); the long one: 60 s
+SMALL_FRAME = {"resolution": "custom", "width": 32, "height": 32}   # all else as shipped
 WORKFLOWS = sorted(p.stem for p in WORKFLOWS_API.glob("*.json"))
 SCENARIOS = ("single", "multi", "int8", "fp8", "fusionx", "lora", "dubbing", "long")
 
@@ -35,17 +40,18 @@ def tiny_host(host):
     """The session host with every tiny model the workflows name, and the demo inputs."""
     write_user_models(host.models_dir)
     copy_demo_inputs(host.input_dir)
-    _loop_wav(REPO / "demo" / "single_1.wav", host.input_dir / "test_long_speech.wav", LONG_SECONDS)
     return host
 
 
-def _loop_wav(src: Path, dst: Path, seconds: float) -> None:
-    with wave.open(str(src)) as r:
-        params, data = r.getparams(), r.readframes(r.getnframes())
-    need = int(seconds * params.framerate) * params.sampwidth * params.nchannels
-    with wave.open(str(dst), "wb") as w:
-        w.setparams(params)
-        w.writeframes((data * (need // len(data) + 1))[:need])
+@pytest.fixture(scope="module")
+def real_speech(tiny_host) -> dict[str, str]:
+    """Real-length inputs in input/ and the demo file each one replaces in the graphs."""
+    folder = tiny_host.input_dir
+    long_speech(folder / "test_speech.wav", SPEECH_SECONDS, rate=48000)
+    long_speech(folder / "test_long_speech.wav", LONG_SECONDS, rate=44100)
+    man, woman = conversation(folder, SPEECH_SECONDS, rate=44100, stem="test_conversation")
+    return {"single_1.wav": "test_speech.wav", "long_speech.wav": "test_long_speech.wav",
+            "multi_1-man.wav": man.name, "multi_1-woman.wav": woman.name}
 
 
 def output_mp4(host, outputs: dict) -> Path:
@@ -98,21 +104,65 @@ def test_host_lists_them_as_templates(host):
         assert json.loads(resp.read())["nodes"]
 
 
-@pytest.mark.parametrize("name", [n for n in WORKFLOWS if "long" not in n])
-def test_workflow_makes_an_mp4(tiny_host, name):
-    graph = tiny_graph(load_api_workflow(name))
-    path = output_mp4(tiny_host, tiny_host.run(graph, timeout=600))
+def _log_since(host, start: int) -> str:
+    return host.log_text()[start:]
+
+
+def _expected_soundtrack(host, graph: dict) -> tuple[np.ndarray, int, str, list[Path]]:
+    """What must be in the mp4: the loaded clips, mixed (para) or one after the other (add)."""
+    enc = next(n["inputs"] for n in graph.values() if n["class_type"] == "InfiniteTalkAudioEncode")
+    loads = [graph[enc[key][0]]["inputs"]["audio"] for key in ("audio_1", "audio_2") if key in enc]
+    clips = [read_wav(host.input_dir / name) for name in loads]
+    rate = clips[0][1]
+    assert all(r == rate for _, r in clips)
+    if enc["mode"] == "add":
+        return (np.concatenate([c for c, _ in clips], axis=1), rate, "add",
+                [host.input_dir / name for name in loads])
+    out = np.zeros((clips[0][0].shape[0], max(c.shape[1] for c, _ in clips)), np.float32)
+    for c, _ in clips:
+        out[:, :c.shape[1]] += c
+    return out, rate, enc["mode"], [host.input_dir / name for name in loads]
+
+
+def check_soundtrack(path: Path, want: np.ndarray, rate: int, frames: int) -> None:
+    """The user's audio at its own rate and channels, sample-aligned (AAC-close), video-long."""
+    got, got_rate = read_soundtrack(str(path))
+    assert got_rate == rate and got.shape[0] == want.shape[0], (got_rate, got.shape, rate)
+    assert abs(got.shape[1] - frames / FPS * rate) <= 2048, (got.shape, frames)
+    n = min(got.shape[1], want.shape[1]) - 4096
+    a, b = got[:, 2048:n], want[:, 2048:n]
+    lags = range(-64, 65)
+    corr = [float(np.dot(a[0, 64:-64], b[0, 64 + lag:b.shape[1] - 64 + lag])) for lag in lags]
+    assert lags[int(np.argmax(corr))] == 0, "the soundtrack is shifted against the input"
+    rel = float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b ** 2)))
+    assert rel < 0.1, f"the soundtrack differs from the input (relative RMS error {rel:.3f})"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_as_shipped_on_real_length_speech(tiny_host, real_speech, name):
+    """Shipped settings (steps, image_frames_limit, max_frames, Video Combine), tiny models and a
+    small frame, on >= 40 s of speech: the whole audio in the mp4, the user's soundtrack in it,
+    one H.264 encode, no temp copy left behind."""
+    graph = tiny_graph(load_api_workflow(name), sampler=SMALL_FRAME, inputs=real_speech)
+    start = len(tiny_host.log_text())
+    temp = tiny_host.temp_dir / "infinitetalk"
+    temp_before = sorted(temp.iterdir()) if temp.exists() else []
+    outputs = tiny_host.run(graph, timeout=1500)
+    path = output_mp4(tiny_host, outputs)
     sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "InfiniteTalkSampler")
-    check_mp4(path, frames=TINY_SAMPLER["max_frames"], size=(sampler["width"], sampler["height"]))
-
-
-def test_long_workflow_covers_the_whole_audio(tiny_host):
-    """No max_frames: two 81-frame windows (9 shared) make exactly the audio's 150 frames."""
-    graph = tiny_graph(load_api_workflow("infinitetalk_long_audio"),
-                       sampler={**TINY_SAMPLER, "max_frames": 0},
-                       inputs={"long_speech.wav": "test_long_speech.wav"})
-    path = output_mp4(tiny_host, tiny_host.run(graph, timeout=600))
-    check_mp4(path, frames=int(LONG_SECONDS * FPS))
+    want, rate, mode, files = _expected_soundtrack(tiny_host, graph)
+    frames = video_frames(files, mode)
+    assert frames >= 40 * FPS
+    check_mp4(path, frames=frames, size=(sampler["width"], sampler["height"]))
+    check_soundtrack(path, want, rate, frames)
+    log = _log_since(tiny_host, start)
+    assert log.count("mp4: H.264 encode") == 1, log[-3000:]
+    assert "copied stream by stream" in log
+    assert (sorted(temp.iterdir()) if temp.exists() else []) == temp_before
+    if "dubbing" in name:                  # the 3 s demo clip under 40 s of speech: said in the
+        assert "its last frame is held for" in log         # log and on the page (PreviewAny)
+        shown = [t for node in outputs.values() for t in node.get("text", [])]
+        assert any("its last frame is held for" in t for t in shown), outputs
 
 
 def test_teacache_and_one_pass_guidance_through_the_host(tiny_host):

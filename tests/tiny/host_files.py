@@ -365,7 +365,7 @@ def tiny_graph(graph: dict, sampler: dict | None = None, inputs: dict | None = N
         values = node["inputs"]
         if node["class_type"] == "InfiniteTalkSampler":
             values.update(sampler)
-            if values.get("mode") == "fast":        # the fast preset accepts 4..8 steps only
+            if values.get("mode") == "fast" and values["steps"] > 0:   # fast takes 4..8 steps
                 values["steps"] = max(values["steps"], FAST_MIN_STEPS)
             if "masks" in values and values.get("resolution") == "custom":
                 # two speakers need each half of the frame to cover whole 16-pixel tokens
