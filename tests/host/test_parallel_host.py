@@ -61,12 +61,18 @@ def test_two_workers_same_video_then_free_stops_them(host, e2e):
 def test_interrupt_stops_the_workers(host, e2e):
     prompt = _prompt(e2e, 2, seed=99, steps=12, prefix="parallel/stopped")
     stopped = host.log_text().count("DiT workers stopped")
+    ready = host.log_text().count("DiT workers ready")
     with Listener(host) as ws:
         prompt_id = host.queue(prompt)
         deadline = time.monotonic() + 240
-        while not ws.of("progress", prompt_id) and time.monotonic() < deadline:
+        # Progress starts with the first window's conditioning, before the workers exist: wait for
+        # this prompt's workers, then for a progress event after them (sampling on the workers).
+        while host.log_text().count("DiT workers ready") <= ready and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert ws.of("progress", prompt_id), "sampling never started"
+        seen = len(ws.of("progress", prompt_id))
+        while len(ws.of("progress", prompt_id)) <= seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ws.of("progress", prompt_id)) > seen, "sampling never started on the workers"
         pids = _worker_pids(host.log_text())
         host.interrupt()
         _wait_gone(host, pids, "DiT workers stopped", stopped + 1)
