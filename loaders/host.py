@@ -20,19 +20,18 @@ from dataclasses import dataclass, field
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ..models.attention import USER_CHOICES as ATTENTION_CHOICES  # noqa: F401 - the node's options
-from ..models.attention_backends import AUTO_ORDER as AUTO_ATTENTION  # noqa: F401 - its tooltip
 # re-exported: the nodes reach the model folders through this one host module
 from .model_folders import (file_key, fingerprint, folder_hint, list_models, public_text,  # noqa: F401
                             missing_file, register_folders, resolve_model)
+from . import run_choices
+# re-exported: the Model Loader's attention / compile choices (comfy-free: loaders/run_choices.py)
+from .run_choices import (ATTENTION_CHOICES, ATTENTION_ENV, AUTO_ATTENTION, COMPILE_CHOICES,  # noqa: F401
+                          COMPILE_ENV)
 from .streaming import StreamedDiT, choose_placement, weight_bytes
 
 log = logging.getLogger(__name__)
 
 IDLE_ENV = "INFINITETALK_IDLE_UNLOAD_S"
-COMPILE_ENV = "INFINITETALK_COMPILE"  # auto | on (1) | off (0): the default where no choice is given
-ATTENTION_ENV = "INFINITETALK_ATTENTION"  # models.attention.USER_CHOICES: the default where none is given
-COMPILE_CHOICES = ("auto", "on", "off")
 
 
 def _host_attention():
@@ -41,45 +40,14 @@ def _host_attention():
     return host_attention.optimized_attention
 
 
-def _choice_or_env(choice: str | None, env: str, input_name: str) -> tuple[str, str]:
-    """(value, where it came from): an explicit choice wins; ``auto`` or none defers to ``env`` if set."""
-    value = os.environ.get(env, "").strip()
-    if choice in (None, "", "auto") and value:
-        return value, f"environment variable {env}"
-    return choice or "auto", f"input '{input_name}'"
-
-
 def select_attention(choice: str | None = None):
-    """Resolve the attention choice (``None``/``auto``: ``INFINITETALK_ATTENTION`` if set) on the host's
-    device, make it the active backend and return models.attention_backends.Resolved. A value that
-    is not a choice is a ValueError naming its source; a named choice that cannot run here is an
-    AttentionUnavailable (a ValueError) naming what to install."""
-    from ..models import attention, attention_backends
-    attention_backends.set_host_attention(_host_attention)
-    value, source = _choice_or_env(choice, ATTENTION_ENV, "attention")
-    resolved = attention_backends.resolve(value, torch_device(), source)
-    if attention.get_backend() != resolved.backend:
-        attention.set_backend(resolved.backend)
-        log.info("InfiniteTalk: attention %s", resolved.label)
-    return resolved
+    """run_choices.select_attention on the host's device, with the host's attention for ``comfy``."""
+    return run_choices.select_attention(choice, torch_device(), _host_attention)
 
 
 def select_compile(choice: str | None = None) -> tuple[bool, str]:
-    """(compile the blocks?, in words). ``auto``: on CUDA where Triton works, else off; ``on``: any
-    device (a failure falls back to eager at run time); ``None``/``auto`` defer to INFINITETALK_COMPILE."""
-    value, source = _choice_or_env(choice, COMPILE_ENV, "compile")
-    value = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(value.lower(), value.lower())
-    if value not in COMPILE_CHOICES:
-        raise ValueError(f"{source}={value!r} is not one of {', '.join(COMPILE_CHOICES)} (or 1 / 0)")
-    if value != "auto":
-        return value == "on", f"{value} ({source})" if source.startswith("env") else value
-    device = torch_device()
-    if getattr(device, "type", str(device)) != "cuda":
-        return False, f"off (auto on {getattr(device, 'type', device)})"
-    from torch.utils._triton import has_triton
-    if not has_triton():
-        return False, "off (auto: Triton does not run on this GPU)"
-    return True, "blocks (auto)"
+    """run_choices.select_compile on the host's device."""
+    return run_choices.select_compile(choice, torch_device())
 
 
 # --------------------------------------------------------------------- memory management
