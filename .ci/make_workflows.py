@@ -106,8 +106,14 @@ def _depths(graph: dict) -> dict[str, int]:
     return memo
 
 
-def _node_height(n_sockets: int, n_widgets: int, multiline: int) -> int:
-    return 46 + 22 * n_sockets + 26 * n_widgets + 90 * multiline
+# Room for the preview an upload widget draws under the node once its file loads (measured in
+# frontends 1.32.9 and 1.58.1: Load Image grows by ~172 px, Load Video by ~294 px); without it the
+# grown node covers the one below it in the column.
+PREVIEW_HEIGHT = {"image_upload": 190, "video_upload": 310}
+
+
+def _node_height(n_sockets: int, n_widgets: int, multiline: int, preview: int = 0) -> int:
+    return 46 + 22 * n_sockets + 26 * n_widgets + 90 * multiline + preview
 
 
 def api_to_ui(graph: dict, object_info: dict, name: str) -> dict:
@@ -128,11 +134,13 @@ def api_to_ui(graph: dict, object_info: dict, name: str) -> dict:
         unknown = set(inputs) - {n for n, _, _ in ordered_inputs(info)}
         if unknown:
             raise WorkflowError(f"{name}: node {nid} ({ct}) has inputs the host does not know: {sorted(unknown)}")
-        sockets, multiline = [], 0
+        sockets, multiline, preview = [], 0, 0
         for in_name, spec, optional in ordered_inputs(info):
             value = inputs.get(in_name)
             if is_widget(spec):
-                multiline += bool(len(spec) > 1 and spec[1].get("multiline"))
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                multiline += bool(options.get("multiline"))
+                preview += sum(h for flag, h in PREVIEW_HEIGHT.items() if options.get(flag))
                 if not isinstance(value, list):
                     continue
             link = None
@@ -151,7 +159,7 @@ def api_to_ui(graph: dict, object_info: dict, name: str) -> dict:
             sockets.append(entry)
         widgets = widget_values(ct, inputs, info)
         col = depths[nid]
-        height = _node_height(max(len(sockets), len(info["output"])), len(widgets), multiline)
+        height = _node_height(max(len(sockets), len(info["output"])), len(widgets), multiline, preview)
         ui = {"id": ids[nid], "type": ct, "pos": [30 + col * COLUMN_GAP, 30 + column_y[col]],
               "size": [NODE_WIDTH, height], "flags": {}, "order": pos, "mode": 0,
               "inputs": sockets, "outputs": [], "properties": {"Node name for S&R": ct},

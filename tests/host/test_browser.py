@@ -48,6 +48,23 @@ LOAD_AND_INSPECT = """async (wf) => {
   return {nodes, links: Object.keys(window.app.graph.links || {}).length};
 }"""
 
+# Upload widgets draw a preview once their file has loaded (Load Image: node.imgs, Load Video: a
+# "video-preview" widget, in 1.32.9 and 1.58.1 alike) and the node grows to hold it.
+PREVIEWS_SHOWN = """() => window.app.graph._nodes.every(n =>
+  (n.type !== 'LoadImage' || (n.imgs || []).some(i => i.complete && i.naturalWidth)) &&
+  (n.type !== 'LoadVideo' || (n.widgets || []).some(w => w.name === 'video-preview')))"""
+# Pairs of nodes whose boxes (title bar included) overlap: one would hide the other from the user.
+OVERLAPPING_NODES = """() => {
+  const title = window.LiteGraph.NODE_TITLE_HEIGHT, nodes = window.app.graph._nodes, hits = [];
+  const box = n => [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+  nodes.forEach((a, i) => nodes.slice(i + 1).forEach(b => {
+    const [p, q] = [box(a), box(b)];
+    if (Math.min(p[2], q[2]) > Math.max(p[0], q[0]) && Math.min(p[3], q[3]) > Math.max(p[1], q[1]))
+      hits.push(`${a.type} #${a.id} / ${b.type} #${b.id}`);
+  }));
+  return hits;
+}"""
+
 
 def _close_dialogs(pg) -> None:
     """Close whatever dialog the frontend opened (first-visit templates browser, missing-model notes)."""
@@ -134,6 +151,7 @@ def test_ui_workflow_loads_without_missing_nodes(page, path, tmp_path_factory):
             assert w.get("control_after_generate") == "fixed", w
         if node["type"] == "InfiniteTalkModelLoader":
             assert by_id[str(node["id"])]["widgets"]["model"] == node["widgets_values"][0]
+    page.wait_for_function(PREVIEWS_SHOWN, timeout=60_000)
     shots = tmp_path_factory.getbasetemp() / "browser-screenshots"
     shots.mkdir(exist_ok=True)
     page.evaluate("() => { window.app.canvas.ds.scale = 0.75; window.app.canvas.ds.offset = [90, 130];"
@@ -144,4 +162,6 @@ def test_ui_workflow_loads_without_missing_nodes(page, path, tmp_path_factory):
     page.screenshot(path=str(shot))
     log.info("screenshot: %s", shot)
     assert shot.stat().st_size > 10_000
+    covered = page.evaluate(OVERLAPPING_NODES)
+    assert not covered, f"{path.name}: nodes cover each other: {covered} (see {shot})"
     assert not [e for e in page.page_errors if "InfiniteTalk" in e], page.page_errors
