@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_lib as bl  # noqa: E402
 from infinitetalk.models.umt5 import UMT5Encoder  # noqa: E402
 from infinitetalk.models.wav2vec import Wav2Vec2At25fps  # noqa: E402
-from infinitetalk.samplers import speech  # noqa: E402
+from infinitetalk.media import speech_features  # noqa: E402
 
 COMFY = bl.ROOT / ".host" / "ComfyUI"
 FULL = dict(t5=dict(vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24),
@@ -105,15 +105,15 @@ def bench_audio_prep(cfg, reps) -> dict:
     res = {"input": f"{cfg['audio_s']:g} s 44.1 kHz stereo"}
     try:
         import soxr  # noqa: F401
-        resample, res["resampler"] = (lambda x: speech.resample(x, 44100)), "soxr HQ (the pack's)"
+        resample, res["resampler"] = (lambda x: speech_features.resample(x, 44100)), "soxr HQ (the pack's)"
     except ImportError:  # not on the device image: scipy polyphase as a labelled stand-in
         from scipy.signal import resample_poly
         resample = lambda x: resample_poly(x, 160, 441).astype(np.float32)  # noqa: E731
         res["resampler"] = "scipy resample_poly 160/441 (stand-in: soxr not installed)"
-    res["mono_resample_s"] = cpu_time(lambda: resample(speech.to_mono(wave)), reps)[0]
-    wav16k = resample(speech.to_mono(wave))
+    res["mono_resample_s"] = cpu_time(lambda: resample(speech_features.to_mono(wave)), reps)[0]
+    wav16k = resample(speech_features.to_mono(wave))
     try:
-        res["loudness_norm_s"] = cpu_time(lambda: speech.loudness_norm(wav16k), reps)[0]
+        res["loudness_norm_s"] = cpu_time(lambda: speech_features.loudness_norm(wav16k), reps)[0]
     except ImportError as err:
         res["loudness_norm_s"] = f"not measured: {err}"
     res["_wav16k"] = wav16k
@@ -128,7 +128,7 @@ def bench_wav2vec(cfg, device, reps, wav16k) -> dict:
     out = {}
 
     def fn():
-        out["y"] = speech.embed_waveform(model, wav16k)
+        out["y"] = speech_features.embed_waveform(model, wav16k)
     res = measure(fn, device, reps)
     res.update(params=n_params(model), dtype="fp32", frames=int(out["y"].shape[0]),
                samples_16k=int(wav16k.shape[-1]))

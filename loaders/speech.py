@@ -33,7 +33,7 @@ REQUIRED_KEYS = ("feature_projection.projection.weight", "encoder.layers.0.atten
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 BASE_CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 HEAD_DIM = 64  # every released wav2vec2 (base 768/12, large 1024/16)
-# chinese-wav2vec2-base's preprocessor_config.json says do_normalize: false (see samplers/speech.py).
+# chinese-wav2vec2-base's preprocessor_config.json says do_normalize: false (see media/speech_features.py).
 DEFAULT_DO_NORMALIZE = False
 
 

@@ -23,7 +23,7 @@ BACKGROUND_POS = 12.0
 MAX_SPEAKERS = 2
 
 
-def window_audio(audio: torch.Tensor, vae_scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_latent_audio(audio: torch.Tensor, vae_scale: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split per-video-frame audio windows into the first latent frame and the later ones.
 
     audio [N, F, W, layers, C] with F = vae_scale·(T−1)+1 video frames and W-entry windows.

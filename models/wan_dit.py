@@ -16,7 +16,7 @@ from torch import nn
 
 from .attention import attention
 from .audio_adapter import (MAX_SPEAKERS, AudioCrossAttention, AudioProjModel, RoutingMap, check_class_masks,
-                            routing_positions, token_class_masks, window_audio)
+                            routing_positions, token_class_masks, split_latent_audio)
 from .compile_guard import CompileFallback
 from .ops import TorchOps
 from .rope import apply_rope_3d, rope_table_3d
@@ -344,7 +344,7 @@ class WanModel(nn.Module):
         if audio.dim() != 5 or video_frames != expected or not 1 <= speakers <= MAX_SPEAKERS:
             raise ValueError(f"audio must be [speakers (1 or 2), {expected}, window, 12, 768] for {frames} latent "
                              f"frames; got {tuple(audio.shape)}. Window the wav2vec features per video frame.")
-        tokens = self.audio_proj(*window_audio(audio, self.vae_scale))  # [N, T, 32, C]
+        tokens = self.audio_proj(*split_latent_audio(audio, self.vae_scale))  # [N, T, 32, C]
         return tokens.transpose(0, 1).flatten(1, 2)[None], speakers  # [1, T, N·32, C]
 
     def _class_masks(self, ref_target_masks, grid, speakers: int, device) -> torch.Tensor | None:

@@ -53,7 +53,7 @@ class Wav2Vec2At25fps(nn.Module):
     ``forward(input_values [N] or [1, N], seq_len) -> [seq_len, num_layers, hidden]``.
     ``do_normalize`` records whether the feature extractor of this checkpoint normalises the
     waveform (zero mean, unit variance) before the model; the caller applies it (see
-    ``samplers.speech``), the model itself never does.
+    ``media.speech_features``), the model itself never does.
     """
 
     def __init__(self, config: dict | Wav2Vec2Config, do_normalize: bool = False,

@@ -7,7 +7,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
 from ..loaders import host
-from ..samplers.video_file import sweep_leftovers
+from ..media.video_file import sweep_leftovers
 from .audio_encode import InfiniteTalkAudioEncode
 from .demo_inputs import offer_to_host
 from .lora_select import InfiniteTalkLoraSelect

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..loaders import host
-from ..samplers import speech
+from ..media import speech_features
 from .types import CATEGORY, Audio, input_error
 
 NODE = "InfiniteTalk Audio Encode"
@@ -25,17 +25,17 @@ def encode(wav2vec_model: str, audio_1, audio_2, mode: str, normalize_loudness: 
     clips = [_waveform(a, n) for a, n in zip((audio_1, audio_2), names)]
     for i, (wav, rate) in enumerate(clips):      # before loading anything: fail fast on bad audio
         try:
-            speech.check_waveform(wav, rate, i)
-        except speech.SpeechInputError as err:
+            speech_features.check_waveform(wav, rate, i)
+        except speech_features.SpeechInputError as err:
             raise input_error(NODE, names[err.speaker], err.problem, err.fix) from None
     try:
         model = host.load_speech_model(path)
     except ValueError as err:   # LoaderError and the loaders' own errors
         raise input_error(NODE, "wav2vec_model", str(err)) from None
     try:
-        return speech.encode_speakers(model, [c[0] for c in clips], [c[1] for c in clips], mode,
+        return speech_features.encode_speakers(model, [c[0] for c in clips], [c[1] for c in clips], mode,
                                       normalize_loudness)
-    except speech.SpeechInputError as err:
+    except speech_features.SpeechInputError as err:
         raise input_error(NODE, names[err.speaker], err.problem, err.fix) from None
     except ValueError as err:
         raise input_error(NODE, "audio_1", str(err)) from None

@@ -15,9 +15,9 @@ from ..samplers import conditioning as C
 from ..samplers.loop import Settings, generate
 from ..samplers.presets import get_preset, modes_tooltip
 from ..samplers.preview_frames import PreviewFrames
-from ..samplers.source_video import SourceVideo
+from ..media.source_video import SourceVideo
 from ..samplers.teacache import OFFICIAL_THRESHOLD
-from ..samplers.video_file import Mp4Writer, reserve_output_path
+from ..media.video_file import Mp4Writer, reserve_output_path
 from ..samplers.windows import plan_windows
 from .sampler_video import SAMPLER_CRF, SamplerVideo
 from .types import CATEGORY, Audio, Model, Text, adv, input_error

@@ -7,7 +7,7 @@ import re
 import torch
 from comfy_api.latest import io
 
-from ..samplers import faces as F
+from ..media import faces as F
 from ..samplers import masks as M
 from .types import CATEGORY, input_error
 

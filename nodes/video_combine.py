@@ -14,8 +14,8 @@ from fractions import Fraction
 import folder_paths
 from comfy_api.latest import InputImpl, io, ui
 
-from ..samplers.mp4_copy import copy_mp4, read_soundtrack, video_format
-from ..samplers.video_file import Mp4Writer, iter_frames, reserve_output_path
+from ..media.mp4_copy import copy_mp4, read_soundtrack, video_format
+from ..media.video_file import Mp4Writer, iter_frames, reserve_output_path
 from .sampler_video import SAMPLER_CRF, SamplerVideo
 from .types import CATEGORY, input_error
 

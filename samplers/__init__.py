@@ -1,1 +1,1 @@
-"""Schedule, guidance, window plan, per-window audio, routing masks, the long-video loop, colour."""
+"""The sampling loop's path: schedule, guidance, window plan, per-frame audio windows, routing masks, the long-video loop, colour."""

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .audio import window_audio
+from .audio_windows import frame_audio_windows
 from .color import match_colors
 from .conditioning import build_y, cover_resize_crop, frame_mask, padded_clip, target_size
 from .guidance import APG, combine, null_audio, pass_inputs, pass_names
@@ -298,7 +298,7 @@ def generate(dit: Callable, vae_encode: Callable, vae_decode: Callable, clip_enc
     for window in plan.windows:
         _stop_if_asked(should_stop)
         y, clip_fea, ctx = _condition(window, plan, source, history, vae_encode, clip_encode, keyframes)
-        audio = window_audio(embeds, window.start, plan.frame_num, window.audio_length)
+        audio = frame_audio_windows(embeds, window.start, plan.frame_num, window.audio_length)
         inputs = _window_inputs(y, clip_fea, context, context_null, audio, route, settings.device, dtype)
         noise = torch.randn((16,) + tuple(y.shape[2:]), generator=rng, dtype=torch.float32)
         if window.index > 0:  # the reference draws context noise from window 1 on (used by MultiTalk only)

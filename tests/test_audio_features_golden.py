@@ -7,8 +7,8 @@ import torch
 
 from golden import assert_close, golden_cases
 from infinitetalk.models.wav2vec import Wav2Vec2At25fps
-from infinitetalk.samplers import speech
-from infinitetalk.samplers.audio import audio_indices, window_audio
+from infinitetalk.media import speech_features
+from infinitetalk.samplers.audio_windows import audio_indices, frame_audio_windows
 
 ATOL = 1e-4
 
@@ -24,7 +24,7 @@ def _model(case):
 def test_loudness_norm(case):
     wav = case.inputs()["waveform_16k"].numpy()
     expected = case.outputs()["waveform_loudnorm"]
-    out = torch.from_numpy(speech.loudness_norm(wav, case.case["sr"]))
+    out = torch.from_numpy(speech_features.loudness_norm(wav, case.case["sr"]))
     assert out.dtype == torch.float32
     # numpy>=2 pyloudnorm arithmetic may move the loudness (and so the gain) by an ulp.
     tol = 4 * float(np.finfo(np.float32).eps) * float(expected.abs().max())
@@ -34,7 +34,7 @@ def test_loudness_norm(case):
 @pytest.mark.parametrize("case", golden_cases("audio_features"))
 def test_input_values(case):
     expected = case.outputs()
-    out = torch.from_numpy(speech.normalize_input(expected["waveform_loudnorm"].numpy()))
+    out = torch.from_numpy(speech_features.normalize_input(expected["waveform_loudnorm"].numpy()))
     assert_close(out, expected["input_values"], 1e-5, "input_values")
 
 
@@ -43,7 +43,7 @@ def test_features_and_embedding(case):
     expected = case.outputs()
     model = _model(case)
     values = expected["input_values"][None]
-    seq_len = speech.num_frames(values.shape[-1], case.case["sr"])
+    seq_len = speech_features.num_frames(values.shape[-1], case.case["sr"])
     assert seq_len == case.case["seq_len_passed"]
     conv = model.conv_features(values)
     assert_close(conv, expected["cnn_features"], ATOL, "cnn_features")
@@ -56,7 +56,7 @@ def test_features_and_embedding(case):
 def test_end_to_end_from_16k_waveform(case):
     expected = case.outputs()
     model = _model(case)
-    emb = speech.embed_speech(model, case.inputs()["waveform_16k"], case.case["sr"])
+    emb = speech_features.embed_speech(model, case.inputs()["waveform_16k"], case.case["sr"])
     assert_close(emb, expected["embedding"], ATOL, "embed_speech")
 
 
@@ -70,5 +70,5 @@ def test_windows(case):
     for s in starts:
         idx = audio_indices(s, clip_len, emb.shape[0])
         assert torch.equal(idx, expected[f"window_start{s}.indices"]), f"indices at start {s}"
-        audio = window_audio(emb[None], s, clip_len, emb.shape[0])
+        audio = frame_audio_windows(emb[None], s, clip_len, emb.shape[0])
         assert_close(audio, expected[f"window_start{s}.audio"], 0.0, f"window audio at start {s}")

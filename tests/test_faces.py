@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infinitetalk.samplers import faces as F
+from infinitetalk.media import faces as F
 from infinitetalk.samplers.masks import box_masks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ from torch import nn
 
 from infinitetalk.loaders.dit import load_dit
 from infinitetalk.loaders.files import LoaderError
-from infinitetalk.samplers import checks, speech
+from infinitetalk.media import speech_features
+from infinitetalk.samplers import checks
 from tiny import dit_files as tf
 
 
@@ -20,8 +21,8 @@ from tiny import dit_files as tf
 def test_non_finite_audio_is_refused(bad):
     wav = torch.sin(torch.arange(16000.0) / 7)[None, None].clone()
     wav[0, 0, 1234] = bad
-    with pytest.raises(speech.SpeechInputError, match="NaN or infinite") as err:
-        speech.check_waveform(wav, 16000, 1)
+    with pytest.raises(speech_features.SpeechInputError, match="NaN or infinite") as err:
+        speech_features.check_waveform(wav, 16000, 1)
     assert err.value.speaker == 1
 
 

@@ -9,7 +9,7 @@ import torch
 
 from golden import assert_close, golden_cases
 from infinitetalk.models.wan_dit import WanModel, sinusoidal_embedding
-from infinitetalk.samplers.audio import window_audio
+from infinitetalk.samplers.audio_windows import frame_audio_windows
 from infinitetalk.samplers.guidance import pass_names
 from infinitetalk.samplers.loop import Settings, generate
 from infinitetalk.samplers.teacache import TeaCache
@@ -91,7 +91,7 @@ def test_loop_matches_reference(case):
 
     expected_calls = case.case["dit_calls_in_order"]
     assert len(dit.calls) == len(expected_calls)
-    windowed = window_audio(audio, 0, frames, audio.shape[1])
+    windowed = frame_audio_windows(audio, 0, frames, audio.shape[1])
     assert torch.equal(windowed, torch.stack([a[inp["dit_audio_indices"]] for a in audio]))
     for call, want in zip(dit.calls, expected_calls):
         assert call["context_len"] == want["context_len"]

@@ -1,4 +1,4 @@
-"""samplers/mp4_copy.py: an mp4 copied without re-encoding; its soundtrack read without frames."""
+"""media/mp4_copy.py: an mp4 copied without re-encoding; its soundtrack read without frames."""
 from __future__ import annotations
 
 import av
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from infinitetalk.samplers.mp4_copy import copy_mp4, read_soundtrack, video_format
-from infinitetalk.samplers.video_file import Mp4Writer, probe, reserve_output_path
+from infinitetalk.media.mp4_copy import copy_mp4, read_soundtrack, video_format
+from infinitetalk.media.video_file import Mp4Writer, probe, reserve_output_path
 
 RATE = 44100
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from infinitetalk.samplers import video_file as V
+from infinitetalk.media import video_file as V
 
 
 def _dead_pid() -> int:

@@ -1,10 +1,10 @@
-"""samplers/soundtrack.py: the user's audio as it goes into the mp4 (rate, channels, no gain)."""
+"""media/soundtrack.py: the user's audio as it goes into the mp4 (rate, channels, no gain)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from infinitetalk.samplers.soundtrack import user_soundtrack
+from infinitetalk.media.soundtrack import user_soundtrack
 
 
 def _clip(channels: int, n: int, value: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""samplers/source_video.py: a dubbing source read at 25 fps by timestamps, with the user's notes."""
+"""media/source_video.py: a dubbing source read at 25 fps by timestamps, with the user's notes."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from infinitetalk.samplers.source_video import SourceVideo
+from infinitetalk.media.source_video import SourceVideo
 
 
 def _write(path, n: int, fps) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from golden import assert_close
-from infinitetalk.samplers import speech
-from infinitetalk.samplers.audio import audio_indices, window_audio
+from infinitetalk.media import speech_features
+from infinitetalk.samplers.audio_windows import audio_indices, frame_audio_windows
 from tiny import text_audio_files as tiny
 
 
@@ -20,18 +20,18 @@ def _tone(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.1) -> np.
 
 def test_to_mono_layouts():
     left, right = np.ones(10, np.float32), np.zeros(10, np.float32)
-    np.testing.assert_allclose(speech.to_mono(np.stack([left, right])), 0.5)
+    np.testing.assert_allclose(speech_features.to_mono(np.stack([left, right])), 0.5)
     host_audio = torch.from_numpy(np.stack([left, right]))[None]  # the host's AUDIO [1, C, N]
-    np.testing.assert_allclose(speech.to_mono(host_audio), 0.5)
-    assert speech.to_mono(torch.ones(1, 1, 7)).shape == (7,)
+    np.testing.assert_allclose(speech_features.to_mono(host_audio), 0.5)
+    assert speech_features.to_mono(torch.ones(1, 1, 7)).shape == (7,)
     with pytest.raises(ValueError, match="batch"):
-        speech.to_mono(torch.zeros(2, 1, 7))
+        speech_features.to_mono(torch.zeros(2, 1, 7))
 
 
 @pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
 def test_resample_length_and_pitch(sr):
     x = _tone(1.3, sr)
-    y = speech.resample(x, sr)
+    y = speech_features.resample(x, sr)
     assert y.dtype == np.float32 and y.shape == (math.ceil(x.shape[0] * 16000 / sr),)
     spectrum = np.abs(np.fft.rfft(y))
     peak_hz = np.argmax(spectrum) * 16000 / y.shape[0]
@@ -43,39 +43,39 @@ def test_loudness_to_target_and_silence():
 
     rng = np.random.default_rng(0)
     x = (_tone(2.0, 16000, amp=0.01) + 0.001 * rng.standard_normal(32000)).astype(np.float32)
-    y = speech.loudness_norm(x)
+    y = speech_features.loudness_norm(x)
     assert y.dtype == np.float32
     assert abs(pyloudnorm.Meter(16000).integrated_loudness(y) - (-23.0)) < 0.05
     silence = np.zeros(32000, np.float32)
-    assert np.array_equal(speech.loudness_norm(silence), silence)
+    assert np.array_equal(speech_features.loudness_norm(silence), silence)
 
 
 def test_loudness_skips_audio_shorter_than_a_block(caplog):
     x = _tone(0.2, 16000)
-    assert np.array_equal(speech.loudness_norm(x), x)
+    assert np.array_equal(speech_features.loudness_norm(x), x)
     assert "loudness not normalised" in caplog.text
 
 
 def test_normalize_input_stats():
     x = _tone(1.0, 16000) + 0.3
-    y = speech.normalize_input(x)
+    y = speech_features.normalize_input(x)
     assert y.dtype == np.float32 and abs(float(y.mean())) < 1e-5 and abs(float(y.std()) - 1) < 1e-3
 
 
 def test_frames_at_25fps():
-    assert speech.num_frames(32480) == 50
-    assert speech.num_frames(16000) == 25
-    assert speech.num_frames(639) == 0
+    assert speech_features.num_frames(32480) == 50
+    assert speech_features.num_frames(16000) == 25
+    assert speech_features.num_frames(639) == 0
 
 
 def test_two_speaker_tracks():
     a, b = np.ones(3, np.float32), 2 * np.ones(5, np.float32)
-    p1, p2 = speech.two_speaker_tracks(a, b, "para")
+    p1, p2 = speech_features.two_speaker_tracks(a, b, "para")
     assert p1.tolist() == [1, 1, 1, 0, 0] and p2.tolist() == [2] * 5
-    s1, s2 = speech.two_speaker_tracks(a, b, "add")
+    s1, s2 = speech_features.two_speaker_tracks(a, b, "add")
     assert s1.tolist() == [1, 1, 1, 0, 0, 0, 0, 0] and s2.tolist() == [0, 0, 0, 2, 2, 2, 2, 2]
     with pytest.raises(ValueError, match="para"):
-        speech.two_speaker_tracks(a, b, "mix")
+        speech_features.two_speaker_tracks(a, b, "mix")
 
 
 def test_window_indices_clamp_both_ends():
@@ -85,28 +85,28 @@ def test_window_indices_clamp_both_ends():
     # audio shorter than one window: everything clamps into the few frames there are
     assert audio_indices(0, 2, 2).tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
     emb = torch.arange(4.0).reshape(1, 2, 1, 2)  # [S, T, layers, C]
-    assert window_audio(emb, 0, 2, emb.shape[1]).shape == (1, 2, 5, 1, 2)
+    assert frame_audio_windows(emb, 0, 2, emb.shape[1]).shape == (1, 2, 5, 1, 2)
 
 
 def test_embed_speech_stereo_48k(wav2vec):
     x = np.stack([_tone(0.5, 48000), _tone(0.5, 48000, freq=300.0)])
-    emb = speech.embed_speech(wav2vec, x, 48000)
+    emb = speech_features.embed_speech(wav2vec, x, 48000)
     assert emb.shape == (12, 12, tiny.TINY_WAV2VEC["hidden_size"]) and emb.dtype == torch.float32
     assert torch.isfinite(emb).all()
 
 
 def test_embed_speech_silence_and_tiny_clip(wav2vec):
-    emb = speech.embed_speech(wav2vec, np.zeros(4000, np.float32), 16000)  # 0.25 s of silence
+    emb = speech_features.embed_speech(wav2vec, np.zeros(4000, np.float32), 16000)  # 0.25 s of silence
     assert emb.shape[0] == 6 and torch.isfinite(emb).all()
     with pytest.raises(ValueError, match="shorter than one video frame"):
-        speech.embed_speech(wav2vec, np.zeros(500, np.float32), 16000)
+        speech_features.embed_speech(wav2vec, np.zeros(500, np.float32), 16000)
 
 
 def test_embed_speech_do_normalize_follows_model(wav2vec):
     x = _tone(0.4, 16000) + 0.05
-    plain = speech.embed_speech(wav2vec, x, 16000, normalize_loudness=False)
-    forced = speech.embed_speech(wav2vec, x, 16000, normalize_loudness=False, do_normalize=True)
-    ref = wav2vec(torch.from_numpy(speech.normalize_input(x)), speech.num_frames(x.shape[0]))
+    plain = speech_features.embed_speech(wav2vec, x, 16000, normalize_loudness=False)
+    forced = speech_features.embed_speech(wav2vec, x, 16000, normalize_loudness=False, do_normalize=True)
+    ref = wav2vec(torch.from_numpy(speech_features.normalize_input(x)), speech_features.num_frames(x.shape[0]))
     assert_close(forced, ref, 0.0, "do_normalize=True")
     assert (plain - forced).abs().max() > 1e-3
 

@@ -8,7 +8,7 @@ import torch
 
 from golden import assert_close, golden_cases
 from infinitetalk.models.wav2vec import Wav2Vec2At25fps
-from infinitetalk.samplers import speech
+from infinitetalk.media import speech_features
 
 
 def _longest_conv_input(model, values, seq_len):
@@ -26,7 +26,7 @@ def test_long_audio_is_encoded_in_bounded_chunks(wav2vec):
     g = torch.Generator().manual_seed(0)
     n = 16000 * 45 + 1234                                 # 45 s, not a multiple of anything
     values = torch.randn(n, generator=g) * 0.1
-    seq_len = speech.num_frames(n)
+    seq_len = speech_features.num_frames(n)
     wav2vec.chunk_samples = 10**9                         # one pass, as before
     whole, longest_whole = _longest_conv_input(wav2vec, values, seq_len)
     wav2vec.chunk_samples = 16000 * 4
@@ -46,6 +46,6 @@ def test_golden_features_in_small_chunks(case):
     expected = case.outputs()
     values = expected["input_values"]
     model.chunk_samples = 3200                            # 0.2 s: many chunks even for a short clip
-    seq_len = speech.num_frames(values.shape[-1], case.case["sr"])
+    seq_len = speech_features.num_frames(values.shape[-1], case.case["sr"])
     assert_close(model.conv_features(values[None]), expected["cnn_features"], 1e-4, "cnn_features")
     assert_close(model(values, seq_len), expected["embedding"], 1e-4, "embedding")

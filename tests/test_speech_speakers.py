@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from infinitetalk.samplers import speech
+from infinitetalk.media import speech_features
 from tiny import text_audio_files as tiny
 
 
@@ -16,7 +16,7 @@ def _voice(seconds: float, sr: int, f0: float = 150.0, channels: int = 1) -> tor
 
 
 def test_one_speaker_frames_follow_the_audio_length(wav2vec):
-    feats = speech.encode_speakers(wav2vec, [_voice(1.0, 44100, channels=2)], [44100])
+    feats = speech_features.encode_speakers(wav2vec, [_voice(1.0, 44100, channels=2)], [44100])
     assert feats.frames == 25 and feats.speakers == 1
     assert feats.embeddings.shape == (1, 25, 12, tiny.TINY_WAV2VEC["hidden_size"])
     assert feats.embeddings.dtype == torch.float32 and feats.embeddings.device.type == "cpu"
@@ -28,12 +28,12 @@ def test_one_speaker_frames_follow_the_audio_length(wav2vec):
 
 
 def test_frames_round_down_like_the_reference(wav2vec):
-    feats = speech.encode_speakers(wav2vec, [_voice(1.23, 16000)], [16000])
+    feats = speech_features.encode_speakers(wav2vec, [_voice(1.23, 16000)], [16000])
     assert feats.frames == int(1.23 * 16000 / 16000 * 25) == 30
 
 
 def test_two_speakers_para_pads_to_the_longer(wav2vec):
-    feats = speech.encode_speakers(wav2vec, [_voice(0.8, 16000), _voice(0.4, 22050, 220)],
+    feats = speech_features.encode_speakers(wav2vec, [_voice(0.8, 16000), _voice(0.4, 22050, 220)],
                                    [16000, 22050], mode="para")
     assert feats.embeddings.shape[:2] == (2, 20) and feats.frames == 20
     assert feats.sample_rate == 22050                     # the higher of the two rates
@@ -42,7 +42,7 @@ def test_two_speakers_para_pads_to_the_longer(wav2vec):
 
 def test_two_speakers_add_takes_turns(wav2vec):
     a, b = _voice(0.8, 16000), _voice(0.4, 16000, 220)
-    feats = speech.encode_speakers(wav2vec, [a, b], [16000, 16000], mode="add",
+    feats = speech_features.encode_speakers(wav2vec, [a, b], [16000, 16000], mode="add",
                                    normalize_loudness=False)
     assert feats.frames == int(1.2 * 25) and feats.embeddings.shape[0] == 2
     mix = feats.soundtrack.numpy()[0]
@@ -53,31 +53,31 @@ def test_two_speakers_add_takes_turns(wav2vec):
 def test_soundtrack_is_never_loudness_normalised(wav2vec):
     """normalize_loudness shapes the features only; the video carries the clip as recorded."""
     quiet = _voice(1.0, 48000, channels=2) * 0.05
-    feats = speech.encode_speakers(wav2vec, [quiet], [48000], normalize_loudness=True)
+    feats = speech_features.encode_speakers(wav2vec, [quiet], [48000], normalize_loudness=True)
     torch.testing.assert_close(feats.soundtrack, quiet[0])
 
 
 def test_one_speaker_matches_embed_speech(wav2vec):
     wav = _voice(0.6, 24000)
-    feats = speech.encode_speakers(wav2vec, [wav], [24000])
-    torch.testing.assert_close(feats.embeddings[0], speech.embed_speech(wav2vec, wav, 24000).cpu())
+    feats = speech_features.encode_speakers(wav2vec, [wav], [24000])
+    torch.testing.assert_close(feats.embeddings[0], speech_features.embed_speech(wav2vec, wav, 24000).cpu())
 
 
 @pytest.mark.parametrize("speaker", [0, 1])
 def test_silent_or_short_audio_names_the_speaker(wav2vec, speaker):
     good = _voice(0.5, 16000)
     silent = torch.zeros(1, 1, 16000)
-    with pytest.raises(speech.SpeechInputError, match="silent") as err:
-        speech.encode_speakers(wav2vec, [good, silent][::1 if speaker else -1], [16000, 16000])
+    with pytest.raises(speech_features.SpeechInputError, match="silent") as err:
+        speech_features.encode_speakers(wav2vec, [good, silent][::1 if speaker else -1], [16000, 16000])
     assert err.value.speaker == speaker
     short = _voice(0.05, 16000)
-    with pytest.raises(speech.SpeechInputError, match="at least") as err:
-        speech.encode_speakers(wav2vec, [good, short][::1 if speaker else -1], [16000, 16000])
+    with pytest.raises(speech_features.SpeechInputError, match="at least") as err:
+        speech_features.encode_speakers(wav2vec, [good, short][::1 if speaker else -1], [16000, 16000])
     assert err.value.speaker == speaker and "longer clip" in err.value.fix
 
 
 def test_bad_mode_and_counts(wav2vec):
     with pytest.raises(ValueError, match="para"):
-        speech.encode_speakers(wav2vec, [_voice(0.5, 16000)] * 2, [16000] * 2, mode="both")
+        speech_features.encode_speakers(wav2vec, [_voice(0.5, 16000)] * 2, [16000] * 2, mode="both")
     with pytest.raises(ValueError, match="one or two"):
-        speech.encode_speakers(wav2vec, [_voice(0.5, 16000)] * 3, [16000] * 3)
+        speech_features.encode_speakers(wav2vec, [_voice(0.5, 16000)] * 3, [16000] * 3)

@@ -1,4 +1,4 @@
-"""samplers/video_file.py: streamed H.264 + AAC mp4s, checked with PyAV; no overwrite, no leftovers."""
+"""media/video_file.py: streamed H.264 + AAC mp4s, checked with PyAV; no overwrite, no leftovers."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from infinitetalk.samplers.video_file import Mp4Writer, iter_frames, probe, reserve_output_path
+from infinitetalk.media.video_file import Mp4Writer, iter_frames, probe, reserve_output_path
 
 
 def _frames(n, h=64, w=96):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from golden import golden_cases
-from infinitetalk.samplers.audio import audio_indices, mirror_index, window_audio
+from infinitetalk.samplers.audio_windows import audio_indices, mirror_index, frame_audio_windows
 from infinitetalk.samplers.windows import plan_windows
 
 
@@ -88,7 +88,7 @@ def test_audio_windows_golden_features(case):
             idx = audio_indices(start, clip, emb.shape[1])
             assert torch.equal(idx, out[key]), key
             prefix = key.removesuffix(".indices")
-            assert torch.equal(window_audio(emb, start, clip, emb.shape[1]), out[f"{prefix}.audio"]), prefix
+            assert torch.equal(frame_audio_windows(emb, start, clip, emb.shape[1]), out[f"{prefix}.audio"]), prefix
 
 
 def test_end_padding_equals_reversed_tail():
@@ -98,7 +98,7 @@ def test_end_padding_equals_reversed_tail():
     padded = torch.cat([emb, torch.flip(emb[:, -miss:], dims=[1])], dim=1)  # the reference's extension
     start = end - 81
     expected = padded[:, audio_indices(start, 81, padded.shape[1])]
-    assert torch.equal(window_audio(emb, start, 81, end + 3), expected)
+    assert torch.equal(frame_audio_windows(emb, start, 81, end + 3), expected)
     # short audio keeps reflecting
     assert mirror_index(torch.arange(12), 4).tolist() == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3]
 
@@ -136,5 +136,5 @@ def test_stream_windows_golden(case):
         for a, padded_len in zip(speakers, c["padded_audio_lens"]):
             miss = padded_len - len(a)  # the reference's padding: the reversed tail appended once
             padded = torch.cat([a, torch.flip(a[len(a) - miss:], dims=[0])]) if miss > 0 else a
-            got = window_audio(a[None], w.start, plan.frame_num, w.audio_length)[0]
+            got = frame_audio_windows(a[None], w.start, plan.frame_num, w.audio_length)[0]
             assert torch.equal(got, padded[idx])

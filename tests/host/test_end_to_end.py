@@ -151,7 +151,7 @@ def _video_path(host, outputs: dict, node: str = "9") -> Path:
 
 
 def _decode(path: Path) -> np.ndarray:
-    from infinitetalk.samplers.video_file import iter_frames
+    from infinitetalk.media.video_file import iter_frames
     return np.concatenate(list(iter_frames(str(path))))
 
 
@@ -175,7 +175,7 @@ def first_run(host, e2e):
 
 
 def test_mp4_has_h264_aac_and_the_audio_length(host, first_run):
-    from infinitetalk.samplers.video_file import probe
+    from infinitetalk.media.video_file import probe
     path = _video_path(host, first_run["outputs"])
     assert path.is_file() and path.stat().st_size > 0
     info = probe(path)

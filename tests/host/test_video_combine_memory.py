@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infinitetalk.samplers.mp4_copy import read_soundtrack
-from infinitetalk.samplers.video_file import Mp4Writer, probe
+from infinitetalk.media.mp4_copy import read_soundtrack
+from infinitetalk.media.video_file import Mp4Writer, probe
 
 pytestmark = pytest.mark.host
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from infinitetalk.samplers.mp4_copy import read_soundtrack
+from infinitetalk.media.mp4_copy import read_soundtrack
 from .server import PromptRejected
 from tiny.host_files import (REPO, TINY_SAMPLER, WORKFLOWS_API, copy_demo_inputs, load_api_workflow,
                              tiny_graph, write_user_models)

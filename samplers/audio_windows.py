@@ -32,10 +32,10 @@ def mirror_index(index: torch.Tensor, length: int) -> torch.Tensor:
     return torch.where(p < length, p, period - 1 - p)
 
 
-def window_audio(embeds: torch.Tensor, start: int, length: int, available: int) -> torch.Tensor:
+def frame_audio_windows(embeds: torch.Tensor, start: int, length: int, available: int) -> torch.Tensor:
     """[N, L, 12, C] -> [N, length, 5, 12, C] for the window starting at video frame ``start``."""
     if embeds.dim() != 4:
-        raise ValueError(f"window_audio: expected audio embeddings [speakers, frames, 12, C], got "
+        raise ValueError(f"frame_audio_windows: expected audio embeddings [speakers, frames, 12, C], got "
                          f"{tuple(embeds.shape)}")
     idx = mirror_index(audio_indices(start, length, available), embeds.shape[1])
     return embeds[:, idx]
