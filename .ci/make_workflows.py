@@ -16,7 +16,6 @@ it scans.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
@@ -187,10 +186,9 @@ def fetch_object_info(url: str) -> dict:
 
 
 def object_info_from_fresh_host() -> dict:
-    spec = importlib.util.spec_from_file_location("host_server", ROOT / "tests" / "host" / "server.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with module.HostServer() as host:
+    sys.path.insert(0, str(ROOT / "harness"))
+    from host_server import HostServer
+    with HostServer() as host:
         return host.object_info()
 
 

@@ -15,14 +15,13 @@ Real weights: see the README's model table and load example_workflows/infiniteta
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "harness"))
 
 from tiny.host_files import (TINY_SAMPLER, copy_demo_inputs, load_api_workflow,  # noqa: E402
                              tiny_graph, write_user_models)
@@ -34,10 +33,8 @@ SAMPLER = {**TINY_SAMPLER, "width": 96, "height": 48, "max_frames": 0}
 
 
 def _host_server_class():
-    spec = importlib.util.spec_from_file_location("host_server", ROOT / "tests" / "host" / "server.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.HostServer, module.HostError
+    import host_server
+    return host_server.HostServer, host_server.HostError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,30 @@
-"""The GPU benchmarks run end to end in their tiny CPU smoke modes and write the expected keys
-(no timing asserts)."""
+"""The GPU benchmarks run end to end in their tiny CPU smoke modes and write real measurements: every
+time a finite positive number, every configuration present (no timing bounds)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+pytestmark = pytest.mark.golden      # the benchmarks run the tiny DiT (tier: tests/conftest.py)
+
+
+def _seconds(table: dict, keys) -> None:
+    """Each of ``keys`` is in ``table`` with a finite, positive time."""
+    for key in keys:
+        value = table[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{key}: {value!r}"
+
+
+def _golden_row(row: dict) -> None:
+    assert row["pass"] is True, row
+    assert all(math.isfinite(row[k]) and row[k] >= 0 for k in ("max_abs", "rel_l2")), row
+    assert row["max_abs"] <= row["tol"][0] and row["rel_l2"] <= row["tol"][1], row
 
 
 def _smoke(script: str, out: Path, *args: str):
@@ -25,15 +41,21 @@ def test_bench_smoke_writes_results(tmp_path):
     bench, res = _smoke("dit_forward.py", tmp_path / "smoke.json", "--skip-golden")
     for key in ("card", "torch", "matmul_tflops", "dit_forward_s", "peak_gib"):
         assert key in res
-    assert set(bench.FORWARD_KEYS) <= set(res["dit_forward_s"])
     assert not res.get("errors"), res.get("errors")
+    assert set(bench.FORWARD_KEYS) <= set(res["dit_forward_s"])
+    _seconds(res["dit_forward_s"], bench.FORWARD_KEYS)
+    assert set(res["peak_gib"]) == set(res["dit_forward_s"])
+    assert all(math.isfinite(v) and v >= 0 for v in res["peak_gib"].values()), res["peak_gib"]
 
 
 def test_attention_bench_smoke(tmp_path):
     _, res = _smoke("attention_bench.py", tmp_path / "att.json")
     assert not res.get("errors"), res.get("errors")
     assert {"sdpa", "triton_int8_fp8"} <= set(res["golden"])   # our backends fall back to SDPA on the CPU
-    assert {"bf16_480p_sdpa", "bf16_480p_triton_bf16"} <= set(res["dit_forward_s"])
+    for backend, rows in res["golden"].items():
+        for case in ("dit_single", "dit_multi", "quant_fp8_w8a8"):
+            _golden_row(rows[case])
+    _seconds(res["dit_forward_s"], ("bf16_480p_sdpa", "bf16_480p_triton_bf16"))
 
 
 def test_attention_choices_smoke(tmp_path):
@@ -42,5 +64,9 @@ def test_attention_choices_smoke(tmp_path):
     from infinitetalk.models.attention import USER_CHOICES
     assert set(res["choices"]) == set(USER_CHOICES) - {"auto"}
     assert {"480p", "720p"} <= set(res["choices"]["sdpa"]) and res["choices"]["sdpa"]["480p"]["rel_l2"] < 1e-4
+    for size in ("480p", "720p"):
+        row = res["choices"]["sdpa"][size]
+        _seconds(row, ("s", "tflops"))
+        assert row["tokens"] > 0 and math.isfinite(row["rel_l2"]) and math.isfinite(row["max_abs"]), row
     assert "needs a CUDA GPU" in res["choices"]["int8"]["unavailable"]     # the CPU: a clear reason
     assert res["auto"]["backend"] == "sdpa"

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from golden import assert_close, golden_cases
 from infinitetalk.media import speech_features
+from infinitetalk.models.wav2vec import Wav2Vec2At25fps
 from tiny import text_audio_files as tiny
 
 
@@ -57,10 +59,17 @@ def test_soundtrack_is_never_loudness_normalised(wav2vec):
     torch.testing.assert_close(feats.soundtrack, quiet[0])
 
 
-def test_one_speaker_matches_embed_speech(wav2vec):
-    wav = _voice(0.6, 24000)
-    feats = speech_features.encode_speakers(wav2vec, [wav], [24000])
-    torch.testing.assert_close(feats.embeddings[0], speech_features.embed_speech(wav2vec, wav, 24000).cpu())
+@pytest.mark.parametrize("case", golden_cases("audio_features"))
+def test_one_speaker_matches_the_official_embedding(case):
+    """The node's whole path (checks, mono, 16 kHz, loudness, wav2vec2) gives the official embedding."""
+    fe = case.case["feature_extractor_config"]
+    model = Wav2Vec2At25fps(case.case["wav2vec2_config"], do_normalize=fe["do_normalize"])
+    model.load_state_dict(case.weights(), strict=True)
+    wav = case.inputs()["waveform_16k"]
+    feats = speech_features.encode_speakers(model, [wav[None, None]], [case.case["sr"]])
+    expected = case.outputs()["embedding"]
+    assert feats.speakers == 1 and feats.frames == expected.shape[0]
+    assert_close(feats.embeddings[0], expected, 1e-4, "encode_speakers embedding")
 
 
 @pytest.mark.parametrize("speaker", [0, 1])

@@ -209,12 +209,13 @@ print("HOST-STREAMING-OK")
 """
 
 
+@pytest.mark.host
 def test_host_memory_manager_drives_streaming_patcher():
     host_root = ROOT / ".host" / "ComfyUI"
     if not (host_root / "comfy" / "model_management.py").exists():
         pytest.skip("the unpacked host (.host/ComfyUI) is not here")
     script = HOST_SCRIPT.format(host=str(host_root), init=str(ROOT / "__init__.py"), root=str(ROOT),
-                                tests=str(ROOT / "tests"))
+                                tests=str(ROOT / "harness"))
     done = subprocess.run([sys.executable, "-c", script], cwd=str(host_root), capture_output=True,
                           text=True, timeout=300)
     assert "HOST-STREAMING-OK" in done.stdout, done.stdout[-3000:] + done.stderr[-5000:]

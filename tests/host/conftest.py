@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from .server import HostServer
+from host_server import HostServer
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,7 @@ import pytest
 
 from tiny.host_files import REPO
 
-from .server import HostServer, prepare_base_dir
+from host_server import HostServer, prepare_base_dir
 
 pytestmark = pytest.mark.host
 

@@ -15,7 +15,6 @@ import asyncio
 import copy
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,12 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .server import HostError
+from host_server import HostError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # tests/tiny
-from tiny import dit_files as D                                       # noqa: E402
-from tiny import host_files as H                                      # noqa: E402
-from tiny import text_audio_files as TA                               # noqa: E402
+from tiny import dit_files as D
+from tiny import host_files as H
+from tiny import text_audio_files as TA
 
 pytestmark = pytest.mark.host
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +13,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from .server import ExecutionFailed, PromptRejected
+from host_server import ExecutionFailed, PromptRejected
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # tests/tiny
-from tiny.dit_files import write_demo_models                          # noqa: E402
-from tiny.host_files import write_quant_models, USER_FILES             # noqa: E402
-from tiny.text_audio_files import write_wav2vec_folder                # noqa: E402
+from tiny.dit_files import write_demo_models
+from tiny.host_files import write_quant_models, USER_FILES
+from tiny.text_audio_files import write_wav2vec_folder
 
 pytestmark = pytest.mark.host
 BAD_NAME = b"bad\xff\x1b[2Jname.safetensors"                            # not UTF-8, with an escape

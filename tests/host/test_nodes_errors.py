@@ -1,19 +1,16 @@
 """Bad inputs sent through /prompt come back as clear node errors (validation or execution)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .server import ExecutionFailed, PromptRejected
+from host_server import ExecutionFailed, PromptRejected
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # tests/tiny
-from tiny.dit_files import write_demo_models                          # noqa: E402
-from tiny.host_files import write_wav_int16                            # noqa: E402
-from tiny.text_audio_files import write_wav2vec_folder                # noqa: E402
+from tiny.dit_files import write_demo_models
+from tiny.host_files import write_wav_int16
+from tiny.text_audio_files import write_wav2vec_folder
 
 pytestmark = pytest.mark.host
 

@@ -4,16 +4,13 @@ that is not installed."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-from .server import ExecutionFailed
+from host_server import ExecutionFailed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))          # tests/tiny
-from tiny.dit_files import write_demo_models                          # noqa: E402
-from tiny.host_files import WORKFLOWS_API                             # noqa: E402
+from tiny.dit_files import write_demo_models
+from tiny.host_files import WORKFLOWS_API
 
 pytestmark = pytest.mark.host
 

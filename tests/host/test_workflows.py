@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from infinitetalk.media.mp4_copy import read_soundtrack
-from .server import PromptRejected
+from host_server import PromptRejected
 from tiny.host_files import (REPO, TINY_SAMPLER, WORKFLOWS_API, copy_demo_inputs, load_api_workflow,
                              tiny_graph, write_user_models)
 from tiny.speech_inputs import conversation, long_speech, read_wav, video_frames
