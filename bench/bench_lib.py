@@ -27,7 +27,7 @@ def import_pack(name: str = "infinitetalk"):
 
 
 import_pack()
-from infinitetalk.models.quant_matmul import dequant_linear, quant_linear, quantize_rows  # noqa: E402
+from infinitetalk.models.quant_ops import dequant_linear, quant_linear, quantize_rows  # noqa: E402
 from infinitetalk.models.wan_dit import WanModel  # noqa: E402
 
 # The smoke config: the golden fixtures' tiny DiT (2 blocks, dim 128).
@@ -92,7 +92,7 @@ def build_model(config: dict, device, dtype, seed: int = 0) -> WanModel:
 
 class QuantLinear(nn.Module):
     """A Linear in the official quanto layout (``weight_data`` int8/fp8 [out, in], ``weight_scale``
-    fp32 [out, 1]) that calls models/quant_matmul.py; ``reference=True`` uses the dequantize path."""
+    fp32 [out, 1]) that calls models/quant_ops.py; ``reference=True`` uses the dequantize path."""
 
     def __init__(self, data: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, reference=False):
         super().__init__()

@@ -67,7 +67,7 @@ def check_float(name: str, device, dtype, compiled: bool) -> dict:
 
 
 def check_quant(name: str, device, dtype, compiled: bool) -> dict:
-    """quant_fp8 / quant_int8 (official quanto weights) through models/quant_matmul.py vs the
+    """quant_fp8 / quant_int8 (official quanto weights) through models/quant_ops.py vs the
     fixture's out_t0 (quanto reference, fp32); also the dequantize-then-matmul path for scale."""
     case, inputs, outputs = _case(name)
     sd = load_file(str(GOLDEN / name / case["weights_file"]))

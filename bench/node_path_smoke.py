@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import golden_check as gc  # noqa: E402  (imports the pack as 'infinitetalk' through bench_lib)
 
-from infinitetalk.loaders import quanto  # noqa: E402
+from infinitetalk.models import quant_ops  # noqa: E402
 from infinitetalk.loaders.dit import load_dit  # noqa: E402
 from infinitetalk.models import attention as attn  # noqa: E402
 from infinitetalk.models import flash_attention as fa  # noqa: E402
@@ -37,7 +37,7 @@ def _check(name: str, weights: str, compiled: bool = False, fast: bool = False, 
     attn.set_backend(backend)
     torch._dynamo.reset()
     case, inputs, outputs = gc._case(name)
-    os.environ[quanto.FAST_MATMUL_ENV] = "1" if fast else "0"
+    os.environ[quant_ops.FAST_MATMUL_ENV] = "1" if fast else "0"
     model = load_dit(str(gc.GOLDEN / name / weights), dtype=torch.bfloat16, device="cuda",
                      config=case["config"]).eval()
     if compiled:

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from ..models.ops import TorchOps
+from ..models.quant_ops import QuantoLinear, QuantoOps
 from ..models.wan_dit import WanModel
 from . import keymaps as km
 from .detect import FileInfo, describe, detect
 from .files import LoaderError, WeightFile, blame, open_weights, read_json
 from .fp8 import Fp8AsQuanto, fp8_linear_modules, fp8_quant_map
 from .lora import LoraReport, apply_loras
-from .quanto import QuantoLinear, QuantoOps, find_quant_map, prepare_quantized
+from .quanto import find_quant_map, prepare_quantized
 
 log = logging.getLogger(__name__)
 

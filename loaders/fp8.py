@@ -17,7 +17,8 @@ from torch import nn
 
 from . import keymaps as km
 from .files import WeightFile
-from .quanto import QuantoLinear, row_scale
+from ..models.quant_ops import QuantoLinear
+from .quanto import row_scale
 
 FP8_KEPT = torch.float8_e4m3fn         # the one fp8 format quanto slots hold (e5m2 files are upcast)
 FP8_QTYPE = "qfloat8_e4m3fn"

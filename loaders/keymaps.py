@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from ..models import quant_ops
+
 # Prefixes that single-file repacks put in front of the official DiT keys (longest first).
 DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 
@@ -16,13 +18,8 @@ AUDIO_ANCHOR = "audio_proj.proj1"          # + ".weight" or ".weight._data"
 AUDIO_KEY = re.compile(r"^(audio_proj\.|blocks\.\d+\.(audio_cross_attn|norm_x)\.)")
 BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
-# optimum-quanto weight-only Linear: official state-dict suffixes -> our buffer names.
-QUANTO_SUFFIXES = {
-    "weight._data": "weight_data",
-    "weight._scale": "weight_scale",
-    "input_scale": "input_scale",
-    "output_scale": "output_scale",
-}
+# optimum-quanto weight-only Linear: official state-dict suffixes -> our buffer names (the layer's own table).
+QUANTO_SUFFIXES = quant_ops.QUANTO_SUFFIXES
 QUANTO_DATA = ".weight._data"
 
 # Kijai's "fp8 scaled" single files: fp8 weight + one fp32 scale per tensor, and a marker key.

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import keymaps as km
 from .files import LoaderError, open_weights
-from .quanto import QuantoLinear
+from ..models.quant_ops import QuantoLinear
 
 log = logging.getLogger(__name__)
 

@@ -1,52 +1,24 @@
-"""optimum-quanto weight-only int8 / fp8 Linear layers, read from the official files.
+"""optimum-quanto quantized files: the quantization map and the per-row scale of scaled files.
 
-The official quantized models (``infinitetalk_*_{int8,fp8}``, MultiTalk ``dit_model_int8``,
-``quant_model_*_FusionX``, T5 ``t5_{int8,fp8}``) store each quantized Linear ``X`` as
-``X.weight._data`` (int8 or float8_e4m3fn, [out, in]), ``X.weight._scale`` (fp32, [out, 1], one
-scale per output row), ``X.bias`` and the unused activation scalars ``X.input_scale`` /
-``X.output_scale``, next to a JSON map ``{module: {"weights": qtype, "activations": "none"}}``.
-Which modules are quantized is whatever the map says; this module never assumes it.
-
-``QuantoLinear`` starts as a float Linear slot and becomes a quantized slot when the map names it
-(``prepare_quantized``), so one model class serves both. Its forward dequantizes per row and calls
-``F.linear`` in the input's dtype; a GPU fast path (``torch._int_mm`` / ``torch._scaled_mm``) belongs
-in ``_quantized_linear``.
+The official quantized models store each quantized Linear ``X`` as ``X.weight._data`` /
+``X.weight._scale`` next to a JSON map ``{module: {"weights": qtype, "activations": "none"}}``.
+Which modules are quantized is whatever the map says; this module never assumes it. The layer,
+the quantizer and the W8A8 kernels live in ``models/quant_ops.py`` (the format as an ``operations``
+namespace); here: finding and checking the map, and turning the named Linear layers into slots.
 """
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..models.quant_matmul import quant_linear
+from ..models.quant_ops import QTYPES, QuantoLinear
 from . import keymaps as km
 from .files import LoaderError, read_json
 
 log = logging.getLogger(__name__)
-
-# W8A8 on the GPU's 8-bit tensor cores (models/quant_matmul.py): faster, but it also rounds the
-# activations, so it is opt-in; the default keeps the official weight-only numerics.
-FAST_MATMUL_ENV = "INFINITETALK_FAST_QUANT_MATMUL"
-
-QTYPES = {"qint8": torch.int8, "qfloat8_e4m3fn": torch.float8_e4m3fn, "qfloat8": torch.float8_e4m3fn}
-QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
-
-
-def quantize_rows(w: torch.Tensor, qtype: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-row quantization: (data [out, in] int8/fp8, scale [out, 1] fp32)."""
-    dtype = QTYPES[qtype]
-    w = w.float()
-    scale = (w.abs().amax(dim=1, keepdim=True) / QMAX[dtype]).clamp(min=1e-12)
-    q = w / scale
-    if dtype == torch.int8:
-        data = q.round().clamp(-128, 127).to(torch.int8)
-    else:
-        data = q.clamp(-QMAX[dtype], QMAX[dtype]).to(dtype)
-    return data, scale
 
 
 def row_scale(rows: int, scale: torch.Tensor | None, where: str = "") -> torch.Tensor:
@@ -59,102 +31,6 @@ def row_scale(rows: int, scale: torch.Tensor | None, where: str = "") -> torch.T
         raise LoaderError(f"{where}: the weight scale has {scale.shape[0]} values for {rows} rows; expected "
                           "one per tensor or one per row. The file is damaged or not a scaled-fp8 file.")
     return scale.expand(rows, 1).clone()
-
-
-class QuantoLinear(nn.Module):
-    """A Linear that holds either a float weight or quanto int8/fp8 data + per-row fp32 scale.
-
-    ``state_dict()`` uses the official quanto key names once quantized (``weight._data`` ...).
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.qtype: str | None = None
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype),
-                                   requires_grad=False)
-        self.bias = (nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False)
-                     if bias else None)
-
-    # -- becoming a quantized slot -----------------------------------------------------------------
-    def quantize_slot(self, qtype: str) -> None:
-        """Turn this layer into an (empty) quantized slot of ``qtype``; the loader then fills it."""
-        if qtype not in QTYPES:
-            raise LoaderError(f"quantization type {qtype!r} is not supported (expected one of {sorted(QTYPES)}).")
-        device = self._parameters["weight"].device if "weight" in self._parameters else self.weight_data.device
-        self._parameters.pop("weight", None)
-        self.qtype = qtype
-        shape = (self.out_features, self.in_features)
-        self.register_buffer("weight_data", torch.empty(shape, device=device, dtype=QTYPES[qtype]))
-        self.register_buffer("weight_scale", torch.empty(self.out_features, 1, device=device))
-        self.register_buffer("input_scale", torch.ones((), device=device))
-        self.register_buffer("output_scale", torch.ones((), device=device))
-
-    @property
-    def quantized(self) -> bool:
-        return self.qtype is not None
-
-    def __getattr__(self, name: str):
-        # ``weight`` of a quantized slot: the dequantized fp32 tensor (inspection, LoRA; not forward).
-        if name == "weight" and self.__dict__.get("qtype") is not None:
-            return self.dequantized()
-        return super().__getattr__(name)
-
-    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return (self.weight_data.to(torch.float32) * self.weight_scale).to(dtype)
-
-    def set_quantized(self, data: torch.Tensor, scale: torch.Tensor) -> None:
-        self.weight_data, self.weight_scale = data, scale.to(torch.float32)
-
-    def add_delta(self, delta: torch.Tensor) -> None:
-        """weight += delta: dequantize in fp32, add, requantize per row in the same format."""
-        data, scale = quantize_rows(self.dequantized() + delta.to(self.weight_data.device, torch.float32),
-                                    self.qtype)
-        self.set_quantized(data, scale)
-
-    # -- forward -----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.qtype is None:
-            return F.linear(x, self._parameters["weight"], self.bias)
-        return self._quantized_linear(x)
-
-    def _quantized_linear(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and fast_matmul_enabled():
-            return quant_linear(x, self.weight_data, self.weight_scale, self.bias)
-        # Reference numerics: W = _data · _scale (fp32), then a matmul in the compute dtype.
-        w = self.dequantized(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w, bias)
-
-    # -- official state-dict names -----------------------------------------------------------------
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.qtype is not None:
-            for official, ours in km.QUANTO_SUFFIXES.items():
-                destination[prefix + official] = destination.pop(prefix + ours)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.qtype is not None:
-            for official, ours in km.QUANTO_SUFFIXES.items():
-                if prefix + official in state_dict:
-                    state_dict[prefix + ours] = state_dict.pop(prefix + official)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, qtype={self.qtype}"
-
-
-def fast_matmul_enabled() -> bool:
-    """True when ``INFINITETALK_FAST_QUANT_MATMUL=1``: int8/fp8 layers on CUDA use W8A8 kernels."""
-    return os.environ.get(FAST_MATMUL_ENV, "0") == "1"
-
-
-class QuantoOps:
-    """``operations`` namespace whose Linear can become an optimum-quanto int8/fp8 slot."""
-
-    Linear = QuantoLinear
-    Conv3d = nn.Conv3d
-    LayerNorm = nn.LayerNorm
 
 
 # -- the quantization map ------------------------------------------------------------------------
@@ -239,4 +115,7 @@ def prepare_quantized(model: nn.Module, qmap: dict) -> None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, swapped)
             module = swapped
+        if spec["weights"] not in QTYPES:
+            raise LoaderError(f"quantization type {spec['weights']!r} is not supported (expected one of "
+                              f"{sorted(QTYPES)}).")
         module.quantize_slot(spec["weights"])

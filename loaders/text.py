@@ -10,7 +10,7 @@ Layouts:
   scale is the file's scale), other tensors are cast to ``dtype``;
 * official optimum-quanto ``t5_int8`` / ``t5_fp8``: ``X.weight._data`` + ``X.weight._scale`` [out, 1]
   (+ unused ``input_scale`` / ``output_scale``) with the JSON map ``t5_map_<q>.json`` beside it: the
-  Linear layers stay int8 / fp8 (``loaders/quanto.py``; umT5-XXL ≈ 6.7 GB instead of 11.4 GB in bf16).
+  Linear layers stay int8 / fp8 (``models/quant_ops.py``; umT5-XXL ≈ 6.7 GB instead of 11.4 GB in bf16).
 ``keep_quantized=False`` dequantises both quantized layouts to ``dtype`` at load (the old behaviour).
 Files are opened by content (``files.open_weights``), dims come from tensor shapes, never from file
 names. Tensors are converted one at a time into a model built on the meta device.
@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from ..models.ops import TorchOps
+from ..models.quant_ops import QTYPES, QuantoOps
 from ..models.umt5 import UMT5Encoder
 from . import keymaps as km
 from .files import LoaderError, WeightFile, open_weights
-from .quanto import QTYPES, QuantoOps, find_quant_map, map_candidates, prepare_quantized, row_scale
+from .quanto import find_quant_map, map_candidates, prepare_quantized, row_scale
 from .tokenizer import UMT5Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)

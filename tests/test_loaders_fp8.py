@@ -8,7 +8,7 @@ from torch import nn
 from golden import assert_close
 from infinitetalk.loaders.dit import load_dit
 from infinitetalk.loaders.lora import apply_loras
-from infinitetalk.loaders.quanto import QuantoLinear
+from infinitetalk.models.quant_ops import QuantoLinear
 from test_loaders_layouts import run
 from tiny import dit_files as tf
 

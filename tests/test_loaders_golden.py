@@ -9,7 +9,7 @@ import torch
 from golden import assert_close, golden_cases
 from infinitetalk.loaders.dit import load_dit
 from infinitetalk.loaders.lora import apply_lora
-from infinitetalk.loaders.quanto import QuantoLinear
+from infinitetalk.models.quant_ops import QuantoLinear
 from infinitetalk.models.wan_dit import WanModel
 
 QUANT_ATOL = 1e-4

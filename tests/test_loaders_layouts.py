@@ -12,7 +12,7 @@ from infinitetalk.loaders.detect import detect
 from infinitetalk.loaders.dit import load_dit
 from infinitetalk.loaders.files import open_weights
 from infinitetalk.loaders.lora import apply_loras
-from infinitetalk.loaders.quanto import QuantoLinear
+from infinitetalk.models.quant_ops import QuantoLinear
 from infinitetalk.models.wan_dit import WanModel
 from tiny import dit_files as tf
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from infinitetalk.loaders.quanto import QuantoLinear
+from infinitetalk.models.quant_ops import QuantoLinear
 from infinitetalk.loaders.streaming import (GIB, StreamedDiT, choose_placement, packed_bytes,
                                             streamed_gpu_bytes, weight_bytes)
 from infinitetalk.models.wan_dit import WanModel

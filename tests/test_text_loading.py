@@ -6,7 +6,7 @@ import torch
 
 from golden import assert_close
 from infinitetalk.loaders.files import LoaderError
-from infinitetalk.loaders.quanto import QuantoLinear
+from infinitetalk.models.quant_ops import QuantoLinear
 from infinitetalk.loaders.speech import Wav2VecLoadError, load_wav2vec
 from infinitetalk.loaders.text import TextEncoderLoadError, load_umt5
 from infinitetalk.loaders.tokenizer import TokenizerNotFoundError, clean_text, load_tokenizer
