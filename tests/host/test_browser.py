@@ -17,7 +17,7 @@ import pytest
 
 from tiny.host_files import REPO
 
-from .server import HostServer
+from host_server import HostServer
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 log = logging.getLogger(__name__)
