@@ -87,6 +87,20 @@ class GoldenCase:
         return self.dir / self.case[key]
 
 
+_DITS: dict = {}
+
+
+def golden_dit(case):
+    """The case's DiT (its config, its weights loaded strictly), built once per root and weights file."""
+    from infinitetalk.models.wan_dit import WanModel
+    key = (case.root, case.case["weights_file"])
+    if key not in _DITS:
+        model = WanModel(**case.config)
+        model.load_state_dict(case.weights(), strict=True)
+        _DITS[key] = model.eval()
+    return _DITS[key]
+
+
 def golden_cases(family: str) -> list:
     """pytest params for every root that holds ``family`` (skips roots without it)."""
     params = []

@@ -7,8 +7,8 @@ pinning) is ours. The official extras come from the case's ``sampling.extra_args
 import pytest
 import torch
 
-from golden import assert_close, golden_cases
-from infinitetalk.models.wan_dit import WanModel, sinusoidal_embedding
+from golden import assert_close, golden_cases, golden_dit
+from infinitetalk.models.wan_dit import sinusoidal_embedding
 from infinitetalk.samplers.audio_windows import frame_audio_windows
 from infinitetalk.samplers.guidance import pass_names
 from infinitetalk.samplers.loop import Settings, generate
@@ -18,16 +18,8 @@ CASES = (golden_cases("loop_single_cfg3") + golden_cases("loop_single_lora_cfg2"
          + golden_cases("loop_single_teacache") + golden_cases("loop_single_apg")
          + golden_cases("loop_single_apg_clip"))
 TEACACHE_SIZES = {"infinitetalk-480": "480p", "infinitetalk-720": "720p"}
-_MODELS = {}
 
 
-def _model(case):
-    key = (case.root, case.case["weights_file"])
-    if key not in _MODELS:
-        model = WanModel(**case.config)
-        model.load_state_dict(case.weights(), strict=True)
-        _MODELS[key] = model.eval()
-    return _MODELS[key]
 
 
 class Recorder:
@@ -83,7 +75,7 @@ def test_loop_matches_reference(case):
         audio = torch.cat([audio, inp["full_audio_emb_person2"][None]])
     settings = settings_of(case)
     traced, emitted = {}, []
-    dit = Recorder(_model(case))
+    dit = Recorder(golden_dit(case))
     result = generate(dit, vae_encode, lambda lat: torch.zeros(frames, h, w, 3), lambda f: inp["clip_fea"], image,
                       audio, (inp["context"], inp["context_null"]), settings, sink=emitted.append,
                       trace=lambda k, v: traced.__setitem__(k, v))
@@ -126,7 +118,7 @@ def test_noise_stream_matches_reference(case):
 @pytest.mark.parametrize("case", golden_cases("loop_single_teacache"))
 def test_teacache_decisions_match_reference(case):
     """Every call's rel-L1, accumulated distance and decision, our TeaCache fed the model's own e0."""
-    model, out, tc = _model(case), case.outputs(), case.case["teacache"]
+    model, out, tc = golden_dit(case), case.outputs(), case.case["teacache"]
     s = case.case["sampling"]
     decisions = []
     cache = TeaCache(tc["teacache_thresh"], TEACACHE_SIZES[tc["model_scale"]],

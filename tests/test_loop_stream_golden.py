@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import infinitetalk.samplers.loop as loop
-from golden import assert_close, golden_cases
-from infinitetalk.models.wan_dit import WanModel
+from golden import assert_close, golden_cases, golden_dit
 from infinitetalk.samplers.guidance import pass_names
 from infinitetalk.samplers.loop import Settings, generate
 
@@ -21,16 +20,8 @@ CASES = (golden_cases("loop_stream_single") + golden_cases("loop_stream_dubbing"
          + golden_cases("loop_stream_multi"))
 ATOL = 5e-4           # README "Tolerances": every float tensor of the streaming loop
 CLIP_MEAN_ATOL = 1e-6
-_MODELS = {}
 
 
-def _model(case) -> WanModel:
-    key = (case.root, case.case["weights_file"])
-    if key not in _MODELS:
-        model = WanModel(**case.config)
-        model.load_state_dict(case.weights(), strict=True)
-        _MODELS[key] = model.eval()
-    return _MODELS[key]
 
 
 class Stubs:
@@ -132,7 +123,7 @@ def _run(case, monkeypatch):
     def on_step(done, total):
         stubs.done = done
 
-    dit = Recorder(_model(case), stubs)
+    dit = Recorder(golden_dit(case), stubs)
     result = generate(dit, stubs.vae_encode, stubs.vae_decode, stubs.clip_encode, reference,
                       torch.stack(audio), (inp["context"], inp["context_null"]), settings, sink=emitted.append,
                       on_step=on_step, trace=trace)

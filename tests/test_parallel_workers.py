@@ -17,7 +17,7 @@ import torch
 from golden import assert_close, golden_cases
 from infinitetalk.models.wan_dit import WanModel
 from infinitetalk.parallel import pool as pool_module
-from infinitetalk.parallel.pool import ParallelDiT, WorkerError, WorkerPool
+from infinitetalk.parallel.pool import ParallelDiT, WorkerError, WorkerPool, _pid_alive
 from infinitetalk.samplers.loop import Settings, generate
 
 ray = pytest.importorskip("ray", reason="the multi-GPU path needs Ray (pip install ray; in the CI lock)")
@@ -57,15 +57,7 @@ def parallel_dit(request):
     yield dit
     pids = pool.pids()
     dit.close()
-    assert not any(_alive(p) for p in pids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    assert not any(_pid_alive(p) for p in pids)
 
 
 def _dit_calls(case):
@@ -133,7 +125,7 @@ def test_killed_worker_is_one_error_then_next_run_works_and_free_leaves_no_proce
     message = str(err.value)
     del err                                 # its traceback's frames hold the model
     assert "DiT worker 1 of 2" in message and f"pid {killed[0]}" in message and "run the prompt again" in message
-    assert pool.actors == [] and not _alive(killed[0])
+    assert pool.actors == [] and not _pid_alive(killed[0])
 
     traced = _run_loop(case, dit)           # the next run starts fresh workers
     assert_close(traced["x0"], case.outputs()["x0"], 5e-4, "x0 after a restart")
@@ -142,7 +134,7 @@ def test_killed_worker_is_one_error_then_next_run_works_and_free_leaves_no_proce
 
     del dit                                 # the host dropping the model: workers stop with it
     gc.collect()
-    assert pool.actors == [] and not any(_alive(p) for p in pids)
+    assert pool.actors == [] and not any(_pid_alive(p) for p in pids)
     if not any(p.actors for p in pool_module._live):   # the module's shared pools may still be running
         assert not ray.is_initialized(), "the Ray session this pack started must end with its last pool"
 
@@ -156,8 +148,8 @@ def test_idle_workers_stop_by_themselves():
     dit(*args, ref_target_masks=masks)
     pids = pool.pids()
     deadline = time.monotonic() + 60
-    while (pool.actors or any(map(_alive, pids))) and time.monotonic() < deadline:
+    while (pool.actors or any(map(_pid_alive, pids))) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert pool.actors == [] and not any(map(_alive, pids)), "idle workers were not stopped"
+    assert pool.actors == [] and not any(map(_pid_alive, pids)), "idle workers were not stopped"
     assert_close(dit(*args, ref_target_masks=masks), case.outputs()[name], 1e-4, "after an idle stop")
     dit.close()

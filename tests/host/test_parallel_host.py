@@ -3,12 +3,13 @@ gives the same video as gpus = 1; an interrupt and the host's /free stop the wor
 process is left behind."""
 from __future__ import annotations
 
-import os
 import re
 import time
 
 import numpy as np
 import pytest
+
+from infinitetalk.parallel.pool import _pid_alive
 
 from .test_end_to_end import Listener, _decode, _video_path, build_prompt, e2e  # noqa: F401 (fixture)
 
@@ -28,20 +29,12 @@ def _worker_pids(log_text: str) -> list[int]:
     return [int(p) for p in re.findall(r"pid (\d+)", ready[-1])]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _wait_gone(host, pids: list[int], marker: str, count: int) -> None:
     deadline = time.monotonic() + 60
-    while (host.log_text().count(marker) < count or any(map(_alive, pids))) and time.monotonic() < deadline:
+    while (host.log_text().count(marker) < count or any(map(_pid_alive, pids))) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert host.log_text().count(marker) >= count, host.log_tail()
-    assert not [p for p in pids if _alive(p)], f"worker processes left behind: {pids}"
+    assert not [p for p in pids if _pid_alive(p)], f"worker processes left behind: {pids}"
 
 
 def test_two_workers_same_video_then_free_stops_them(host, e2e):
@@ -52,7 +45,7 @@ def test_two_workers_same_video_then_free_stops_them(host, e2e):
     # 1e-5 in the latents; after the VAE and H.264 at most a rounding step per pixel
     assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1
     pids = _worker_pids(host.log_text())
-    assert len(pids) == 2 and all(map(_alive, pids))
+    assert len(pids) == 2 and all(map(_pid_alive, pids))
     stopped = host.log_text().count("DiT workers stopped")
     host.free()
     _wait_gone(host, pids, "DiT workers stopped", stopped + 1)
