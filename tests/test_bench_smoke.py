@@ -70,3 +70,24 @@ def test_attention_choices_smoke(tmp_path):
         assert row["tokens"] > 0 and math.isfinite(row["rel_l2"]) and math.isfinite(row["max_abs"]), row
     assert "needs a CUDA GPU" in res["choices"]["int8"]["unavailable"]     # the CPU: a clear reason
     assert res["auto"]["backend"] == "sdpa"
+
+
+def test_multi_gpu_smoke(tmp_path):
+    """1 vs 2 gloo workers on the tiny DiT: the record's keys, finite values, 2 workers == 1 device."""
+    import pytest
+    pytest.importorskip("ray", reason="the multi-GPU benchmark needs Ray (pip install ray; in the CI lock)")
+    _, res = _smoke("multi_gpu.py", tmp_path / "multi.json", "--cache", str(tmp_path / "cache"))
+    assert not res["errors"], res["errors"]
+    assert res["gpus_measured"] == [1, 2]
+    assert set(res["speedup"]) == {"2", "4", "8"} and res["speedup"]["4"] is None
+    assert "fast_window_s_8gpu" in res and res["fast_window_s_8gpu"] is None   # no 8 workers in the smoke
+    numbers = [res["speedup"]["2"], res["max_abs_vs_1gpu"], *res["fast_window_dit_s"].values(),
+               *res["startup_s"]["2"], *(s for per in (*res["forward_s"].values(), *res["step_s"].values())
+                                         for s in per.values())]
+    assert all(math.isfinite(v) for v in numbers), numbers
+    assert set(res["vs_1gpu"]) == {"480p_1spk", "480p_2spk", "720p_1spk", "720p_2spk"}
+    for name, per in res["vs_1gpu"].items():
+        assert per["2"]["max_abs"] <= 1e-5, (name, per)
+    assert all(all(per.values()) for per in res["finite"].values())
+    workers = res["worker_memory"]["2"][0]
+    assert len(workers) == 2 and all(w["env"]["NCCL_NVLS_ENABLE"] == "0" for w in workers)
