@@ -128,7 +128,7 @@ def _golden(res, device, dtype, compiled):
 
 
 def _streaming(res, model, cfg, reps, device, caps_gib):
-    from infinitetalk.models.block_streaming import BlockStreamer
+    from infinitetalk.loaders.streaming import BlockStreamer
     streamer = BlockStreamer(model.blocks, device)
     total = torch.cuda.get_device_properties(device).total_memory
     try:

@@ -27,7 +27,8 @@ from . import run_choices
 # re-exported: the Model Loader's attention / compile choices (comfy-free: loaders/run_choices.py)
 from .run_choices import (ATTENTION_CHOICES, ATTENTION_ENV, AUTO_ATTENTION, COMPILE_CHOICES,  # noqa: F401
                           COMPILE_ENV)
-from .streaming import StreamedDiT, choose_placement, weight_bytes
+from .streaming import StreamedDiT, weight_bytes
+from .streaming import plan_placement as _plan_placement
 
 log = logging.getLogger(__name__)
 
@@ -265,27 +266,10 @@ def unload(model: HostModel) -> None:
 
 
 # ------------------------------------------------------------------------- model loading glue
-def model_bytes(module) -> int:
-    """Bytes of the module's parameters and buffers as they are stored (int8/fp8 stay 1 byte)."""
-    return weight_bytes(module)
-
-
-_cpu_budget_logged = False
-
-
 def plan_placement(module, memory_budget_gb: float):
-    """Whole or streamed (``loaders.streaming.choose_placement`` on the host's device), logged; the
-    'ignored on the CPU' line only once per process."""
-    global _cpu_budget_logged
+    """Whole or streamed (``loaders.streaming.plan_placement`` on the host's device), logged."""
     device = torch_device()
-    plan = choose_placement(model_bytes(module), memory_budget_gb, getattr(device, "type", str(device)))
-    if memory_budget_gb > 0 and mm.is_device_cpu(device):
-        if not _cpu_budget_logged:
-            log.info("InfiniteTalk: %s", plan.reason)
-            _cpu_budget_logged = True
-    elif memory_budget_gb > 0:
-        log.info("InfiniteTalk: %s", plan.reason)
-    return plan
+    return _plan_placement(module, memory_budget_gb, getattr(device, "type", str(device)))
 
 
 def load_model(model_path: str, adapter_path: str | None, family: str, precision: str,
@@ -307,7 +291,7 @@ def load_model(model_path: str, adapter_path: str | None, family: str, precision
     if compiled:   # 10-20 s of compiling per new shape at the first run, then ~27 % faster per pass
         module.compile_blocks(fallback=True, passthrough=(mm.InterruptProcessingException,))
     log.info("InfiniteTalk: loaded %s as %s (%s, %.2f GiB)%s; attention %s; compile %s",
-             os.path.basename(model_path), family, dtype, model_bytes(module) / 2**30,
+             os.path.basename(model_path), family, dtype, weight_bytes(module) / 2**30,
              f" with adapter {os.path.basename(adapter_path)}" if adapter_path else "",
              resolved.label, compile_label)
     loaded = wrap_model(module, family, dtype, memory_budget_gb, source=model_path, streaming=plan.stream)
@@ -361,7 +345,7 @@ _text_cache: dict = {}
 
 
 def _fits(module, device) -> bool:
-    size = model_bytes(module)          # buffers too: quantized umT5 weights are buffers
+    size = weight_bytes(module)          # buffers too: quantized umT5 weights are buffers
     if mm.is_device_cpu(device):
         return True
     return free_memory_on(device) > size * 1.2
