@@ -18,20 +18,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .video_file import _prepare_audio
+from .video_file import _prepare_audio, open_source
 
 log = logging.getLogger(__name__)
 
 
-def _open(source):
-    if hasattr(source, "seek"):
-        source.seek(0)
-    return av.open(str(source) if isinstance(source, Path) else source, mode="r")
-
-
 def video_format(source) -> dict:
     """codec, pix_fmt and average rate of the first video stream (read from the header only)."""
-    with _open(source) as container:
+    with open_source(source) as container:
         stream = container.streams.video[0]
         return {"codec": stream.codec_context.name, "pix_fmt": stream.codec_context.pix_fmt,
                 "rate": stream.average_rate}
@@ -41,7 +35,7 @@ def read_soundtrack(source) -> tuple[np.ndarray, int] | None:
     """The first audio stream as float32 [C, S] and its rate (None when there is none).
 
     Video packets are read past but never decoded, so this costs no memory per frame."""
-    with _open(source) as container:
+    with open_source(source) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
@@ -106,7 +100,7 @@ def copy_mp4(source, target: str | os.PathLike, audio=None,
     target = Path(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        with _open(source) as inp, av.open(str(tmp), mode="w", format="mp4") as out:
+        with open_source(source) as inp, av.open(str(tmp), mode="w", format="mp4") as out:
             vin = inp.streams.video[0]
             vout = out.add_stream_from_template(vin)
             ain = inp.streams.audio[0] if audio is None and inp.streams.audio else None

@@ -11,17 +11,17 @@ from __future__ import annotations
 import bisect
 import math
 from fractions import Fraction
-from pathlib import Path
 
-import av
 import torch
+
+from .video_file import open_source
 
 FPS = 25
 
 
 def _timestamps(source) -> tuple[list[float], float, Fraction | None]:
     """(sorted presentation times in s, end time in s, the stream's average rate)."""
-    with av.open(str(source) if isinstance(source, Path) else source, mode="r") as container:
+    with open_source(source) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate
         times, end = [], 0.0
@@ -65,10 +65,7 @@ class SourceVideo:
 
     def _open(self) -> None:
         self.close()
-        src = self.source
-        if hasattr(src, "seek"):
-            src.seek(0)
-        self._container = av.open(str(src) if isinstance(src, Path) else src, mode="r")
+        self._container = open_source(self.source)
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
         self._frames = self._container.decode(stream)

@@ -280,9 +280,16 @@ def _prepare_audio(audio, sample_rate) -> tuple[np.ndarray | None, int | None]:
 
 
 # ------------------------------------------------------------------------- reading
+def open_source(source):
+    """A VIDEO's file for reading: a path (str or Path) or a file object, rewound to its start."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return av.open(str(source) if isinstance(source, Path) else source, mode="r")
+
+
 def iter_frames(source, chunk: int = 16) -> Iterator[np.ndarray]:
     """Decode a video file (path or file-like) chunk by chunk: uint8 [n, H, W, 3] arrays."""
-    with av.open(source if not isinstance(source, Path) else str(source), mode="r") as container:
+    with open_source(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         buf = []
