@@ -138,6 +138,14 @@ def uncompile_blocks(model: WanModel) -> None:
     model.uncompile_blocks()
 
 
+def free_cuda() -> None:
+    """Drop unreachable tensors and give cached GPU memory back (between bench parts)."""
+    import gc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # -- timing --------------------------------------------------------------------------------------
 def cuda_seconds(fn) -> float:
     """Seconds of GPU time one call of ``fn`` takes, between two CUDA events."""

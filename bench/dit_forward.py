@@ -15,7 +15,6 @@ Prints a table; FLOPs are counted by bench_lib.dit_flops.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -37,12 +36,6 @@ def _grid(latent):
     return latent[0], latent[1] // 2, latent[2] // 2
 
 
-def _free():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _guard(res: dict, label: str, fn):
     """Run one part; on error record it and go on (one failing part must not lose the others)."""
     t0 = time.time()
@@ -53,7 +46,7 @@ def _guard(res: dict, label: str, fn):
         res.setdefault("errors", {})[label] = f"{type(err).__name__}: {err}"[:500]
     finally:
         print(f"[{label}] {time.time() - t0:.1f}s", flush=True)
-        _free()
+        bl.free_cuda()
         if res.get("_partial"):  # keep what is measured if the run is cut off
             Path(res["_partial"]).write_text(json.dumps({k: v for k, v in res.items() if k != "_partial"}, indent=1))
 
@@ -133,7 +126,7 @@ def _streaming(res, model, cfg, reps, device, caps_gib):
     total = torch.cuda.get_device_properties(device).total_memory
     try:
         for cap in caps_gib:
-            _free()
+            bl.free_cuda()
             torch.cuda.set_per_process_memory_fraction(min(1.0, cap * bl.GIB / total), device)
             key = f"bf16_480p_1spk_stream_{cap}gib"
             _guard(res, key, lambda: _forward(res, key, model, cfg, LATENT_480P, 1, torch.bfloat16, reps, device))
@@ -189,7 +182,7 @@ def run(args) -> dict:
         if not smoke and args.stream_caps:
             _guard(res, "streaming", lambda: _streaming(res, model, cfg, reps, device, args.stream_caps))
         del model
-        _free()
+        bl.free_cuda()
         # Quantized models (official quanto layout: per-row int8 / fp8 weights).
         for key, qdtype, rate in (("fp8_480p_1spk", torch.float8_e4m3fn, fp8_rate),
                                   ("int8_480p_1spk", torch.int8, int8_rate)):
@@ -199,7 +192,7 @@ def run(args) -> dict:
             def quant_part(key=key, qdtype=qdtype, rate=rate):
                 model = bl.build_model(cfg, device, torch.bfloat16 if not smoke else dtype)
                 bl.quantize_model(model, qdtype)
-                _free()
+                bl.free_cuda()
                 if not smoke and not args.eager:
                     bl.compile_blocks(model)
                 _forward(res, key, model, cfg, lat480, 1, dtype, reps, device, flops_rate=rate)

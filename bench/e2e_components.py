@@ -15,7 +15,6 @@ numbers of docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import sys
@@ -43,12 +42,6 @@ SMOKE = dict(t5=dict(vocab=1000, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, 
              clip=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
                        projection_dim=32))
 MODES = {"fusionx_4x2": (4, 2), "fusionx_8x2": (8, 2), "standard_40x3": (40, 3)}
-
-
-def _free():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def cpu_time(fn, reps) -> tuple[float, list[float]]:
@@ -176,9 +169,9 @@ def bench_vae(cfg, device, reps, dtypes) -> dict:
                     res[key] = measure(fn, device, reps)
             except torch.OutOfMemoryError as err:
                 res[key] = {"status": f"not measured: OOM: {err}"[:300]}
-            _free()
+            bl.free_cuda()
         del vae, clip81, clip9, lat
-        _free()
+        bl.free_cuda()
     return res
 
 
@@ -302,7 +295,7 @@ def main(argv=None) -> dict:
                 traceback.print_exc()
                 res[name] = {"status": f"not measured: {type(err).__name__}: {err}"[:300]}
             print(f"[{name}] {time.time() - t0:.1f}s", flush=True)
-            _free()
+            bl.free_cuda()
             args.out.write_text(json.dumps(res, indent=1, default=str))  # partial results survive a cut-off
     res["totals"] = totals(res, res["dit_forward_s"], cfg)
     args.out.write_text(json.dumps(res, indent=1, default=str))

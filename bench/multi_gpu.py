@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -87,7 +86,7 @@ def make_weights(path: Path, cfg: dict, device, dtype) -> dict:
     model = bl.build_model(cfg, device, dtype)
     size = write_safetensors(path, model.state_dict(), {"config": json.dumps(cfg)})
     del model
-    _free()
+    bl.free_cuda()
     return {"write_s": time.monotonic() - began, "gib": size / bl.GIB}
 
 
@@ -97,13 +96,6 @@ def passes(cfg: dict, latent, speakers: int, dtype) -> list[dict]:
     cond = bl.make_inputs(cfg, latent, speakers, "cpu", dtype, seed=0)
     null = bl.make_inputs(cfg, latent, speakers, "cpu", dtype, seed=1)["context"]
     return [cond, {**cond, "context": null}, {**cond, "context": null, "audio": torch.zeros_like(cond["audio"])}]
-
-
-def _free():
-    import gc
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class Local:
@@ -285,7 +277,7 @@ class Bench:
             if pool is not None:
                 pool.stop("benchmark done")
             del runner
-            _free()
+            bl.free_cuda()
 
     def _local(self):
         resolved = attention_backends.resolve(self.args.attention, self.device, "--attention")
