@@ -137,8 +137,8 @@ def _ours(res, model, inp, reps, caps, device, ref, suffix):
 
 
 def _host(res, cfg, state, inp, reps, cap, device, ref, compiled, activation_gib):
+    model = host_model(cfg, state, torch.bfloat16)   # host_ops() puts the host on sys.path
     import comfy.model_patcher
-    model = host_model(cfg, state, torch.bfloat16)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
     budget = max(0.0, cap - activation_gib - 0.5)
     suffix = "_compiled" if compiled else ""
@@ -177,13 +177,15 @@ def run(args) -> dict:
         ref = _time(res, "resident", model, inp, args.reps, None)
         activation = res["runs"]["resident"]["peak_gib"] - weights / bl.GIB
         res["weights_gib"], res["activation_gib"] = weights / bl.GIB, activation
-        _guard(res, "ours", lambda: _ours(res, model, inp, args.reps, args.caps, device, ref, ""), partial)
+        if not args.skip_ours:
+            _guard(res, "ours", lambda: _ours(res, model, inp, args.reps, args.caps, device, ref, ""), partial)
         if args.compile:
             model.compile_blocks()
             _guard(res, "resident_compiled",
                    lambda: _time(res, "resident_compiled", model, inp, args.reps, ref), partial)
-            _guard(res, "ours_compiled",
-                   lambda: _ours(res, model, inp, args.reps, args.caps, device, ref, "_compiled"), partial)
+            if not args.skip_ours:
+                _guard(res, "ours_compiled",
+                       lambda: _ours(res, model, inp, args.reps, args.caps, device, ref, "_compiled"), partial)
             model.uncompile_blocks()
         state = {k: v.to("cpu") for k, v in model.state_dict().items()}
         del model
@@ -218,6 +220,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/host_casting-<card>.json)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--caps", type=float, nargs="*", default=[16, 8], help="GPU memory caps in GiB")
+    p.add_argument("--skip-ours", action="store_true", help="leave out our streamer's runs")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     if args.smoke:
