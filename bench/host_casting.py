@@ -136,11 +136,11 @@ def _ours(res, model, inp, reps, caps, device, ref, suffix):
         streamer.close()
 
 
-def _host(res, cfg, state, inp, reps, cap, device, ref, compiled, activation_gib):
+def _host(res, cfg, state, inp, reps, cap, device, ref, compiled, activation_gib, margin):
     model = host_model(cfg, state, torch.bfloat16)   # host_ops() puts the host on sys.path
     import comfy.model_patcher
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-    budget = max(0.0, cap - activation_gib - 0.5)
+    budget = max(0.0, cap - activation_gib - margin)
     suffix = "_compiled" if compiled else ""
     key = f"host_{cap:g}gib{suffix}"
     try:
@@ -193,7 +193,7 @@ def run(args) -> dict:
         for compiled in ((False, True) if args.compile else (False,)):
             for cap in args.caps:
                 _guard(res, f"host_{cap:g}{'_compiled' if compiled else ''}",
-                       lambda: _host(res, cfg, state, inp, args.reps, cap, device, ref, compiled, activation),
+                       lambda: _host(res, cfg, state, inp, args.reps, cap, device, ref, compiled, activation, args.margin),
                        partial)
     return res
 
@@ -220,6 +220,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/host_casting-<card>.json)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--caps", type=float, nargs="*", default=[16, 8], help="GPU memory caps in GiB")
+    p.add_argument("--margin", type=float, default=0.5,
+                   help="GiB kept free beside the activations when the host's budget is set")
     p.add_argument("--skip-ours", action="store_true", help="leave out our streamer's runs")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
