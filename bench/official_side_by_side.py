@@ -174,22 +174,40 @@ def _with_attention(choice: str, device, fn):
         attention.set_backend("sdpa")
 
 
+def _fp32_reference(official_module, ours, inp, outs: dict) -> dict:
+    """The bf16 outputs against both models in fp32 (the bf16 weights and inputs upcast, TF32 off):
+    how far each bf16 run is from exact arithmetic, and ours vs the official code in fp32."""
+    cfg = {k: v for k, v in ours.config.items() if k != "weight_init"}
+    ours.float()                                   # new fp32 tensors; the bf16 twin is gone by now
+    twin = official_twin(official_module, ours, cfg)
+    inp32 = {k: (v.float() if torch.is_tensor(v) else v) for k, v in inp.items()}
+    with torch.inference_mode():
+        ref32 = _official_call(twin, inp32)
+        ours32 = bl.call(ours, inp32)
+    res = {"ours_fp32_vs_official_fp32": _diff(ours32, ref32)}
+    for name, out in outs.items():
+        res[f"{name}_vs_fp32"] = _diff(out, ref32)
+    return res
+
+
 def run_case(official_module, cfg_over, latent, speakers, device, dtype, reps, compiled,
-             choices=()) -> dict:
+             choices=(), fp32_reference=False) -> dict:
     ours = bl.build_model(cfg_over, device, dtype)
     cfg = ours.config
     twin = official_twin(official_module, ours, {k: v for k, v in cfg.items() if k != "weight_init"})
     inp = _inputs(cfg, latent, speakers, device, dtype)
     cuda = device.type == "cuda"
-    res = {}
+    res, outs = {}, {}
     with torch.inference_mode():
         ref, res["official"] = _timed(lambda: _official_call(twin, inp), reps, cuda)
         out, res["ours_eager"] = _timed(lambda: bl.call(ours, inp), reps, cuda)
         res["ours_eager"].update(_diff(out, ref))
+        outs.update(official=ref, ours_eager=out)
         if compiled and cuda:
             ours.compile_blocks()
             out, res["ours_compiled"] = _timed(lambda: bl.call(ours, inp), reps, cuda)
             res["ours_compiled"].update(_diff(out, ref))
+            outs["ours_compiled"] = out
             for choice in choices:          # the loader's attention choices, compiled blocks
                 key = f"ours_compiled_{choice}"
                 try:
@@ -199,6 +217,13 @@ def run_case(official_module, cfg_over, latent, speakers, device, dtype, reps, c
                 except Exception as err:  # noqa: BLE001 - an unavailable choice is a result too
                     res[key] = {"error": f"{type(err).__name__}: {err}"[:300]}
             ours.uncompile_blocks()
+    if fp32_reference:
+        del twin
+        try:
+            res["fp32_reference"] = _fp32_reference(official_module, ours, inp, outs)
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory on an 80 GB card
+            res["fp32_reference"] = {"error": f"{type(err).__name__}: {err}"[:300]}
+        twin = None
     for key in [k for k in res if k.startswith("ours")]:
         if "s" in res[key]:
             res[key]["speedup_vs_official"] = res["official"]["s"] / res[key]["s"]
@@ -215,6 +240,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--attention", default="",
                    help="comma-separated loader attention choices to time with compiled blocks (auto,...)")
+    p.add_argument("--fp32-reference", action="store_true",
+                   help="also run both models in fp32 (needs ~3x the weights' memory: 14B fits an H200)")
     p.add_argument("--smoke", action="store_true", help="tiny golden config, CPU, fp32")
     args = p.parse_args(argv)
     official_module = load_official(args.official.resolve())
@@ -234,7 +261,7 @@ def main(argv=None) -> int:
         try:
             res["cases"][name] = run_case(official_module, cfg, latent, speakers, device, dtype,
                                           args.reps, not args.no_compile,
-                                          [c for c in args.attention.split(",") if c])
+                                          [c for c in args.attention.split(",") if c], args.fp32_reference)
         except Exception as err:  # noqa: BLE001 - report every failing case and go on
             traceback.print_exc()
             res["cases"][name] = {"error": f"{type(err).__name__}: {err}"[:500]}
