@@ -177,6 +177,10 @@ def _with_attention(choice: str, device, fn):
 def _fp32_reference(official_module, ours, inp, outs: dict) -> dict:
     """The bf16 outputs against both models in fp32 (the bf16 weights and inputs upcast, TF32 off):
     how far each bf16 run is from exact arithmetic, and ours vs the official code in fp32."""
+    import gc
+    torch._dynamo.reset()                          # compiled graphs hold the bf16 parameters
+    gc.collect()
+    torch.cuda.empty_cache()
     cfg = {k: v for k, v in ours.config.items() if k != "weight_init"}
     ours.float()                                   # new fp32 tensors; the bf16 twin is gone by now
     twin = official_twin(official_module, ours, cfg)
