@@ -26,10 +26,12 @@ from . import attention
 log = logging.getLogger(__name__)
 
 CHOICES = attention.USER_CHOICES
-# Preference of ``auto``, first usable wins. PROVISIONAL: exact kernels first, then the 8-bit ones
-# behind their self-check, until bench/attention_choices.py has measured every choice on an H100
-# (kernel TFLOP/s and error at the 480p/720p self-attention shapes); reorder from those numbers.
-AUTO_ORDER = ("flash_attn", "sageattention", "xformers", "comfy", "sdpa")
+# Preference of ``auto``, first usable wins; ordered by measurement only (bench/attention_choices.py,
+# docs/PERFORMANCE.md "Fourth round"). On an H200 (torch 2.11) SDPA ran the 480p self-attention at
+# 571 TFLOP/s, sageattention 1.0.6 (PyPI's) at 441, comfy-kitchen int8 at 464, with 6-7x SDPA's
+# error: no measured library beat it, so auto is SDPA. flash_attn and xformers were not measured;
+# a library enters this order (ahead of "sdpa") only with a measured win, and is otherwise named.
+AUTO_ORDER = ("sdpa",)
 # Device types on which a library adapter calls its library (elsewhere: SDPA). The CPU tests add
 # "cpu" to run stand-in libraries.
 DEVICE_TYPES = ["cuda"]
