@@ -12,7 +12,7 @@ Needs CUDA. Run on the device, from the repository root (``.host`` carried for p
    left (allocated back to the baseline), block tensors on pinned CPU memory, and the offloaded
    model still runs on the CPU (fp32 only; compared with the GPU output at rel L2 <= 1e-4).
    The golden case is also compared with its fp32 reference output (bar of bench/golden_check.py).
-2. If ``.host/ComfyUI`` is here: the same through the host — ``loaders.host.wrap_model(...,
+2. If ``.host/ComfyUI`` is here: the same through the host — ``loaders.managed_dit.wrap_model(host, ...,
    streaming=True)``, ``load_for_sampling`` (the host's ``load_models_gpu``), forward, then
    ``comfy.model_management.unload_all_models()`` (what /free does) and load again.
 """
@@ -116,18 +116,18 @@ def check_host(device) -> dict:
         return {"skipped": ".host/ComfyUI not here (carry .host to run this part)"}
     sys.path.insert(0, str(host_root))
     import comfy.model_management as mm              # default args: the GPU, smart memory
-    from infinitetalk.loaders import host
+    from infinitetalk.loaders import host, managed_dit
     model, inputs, call = _random_model(6)
     resident = _forward(model.to(device), inputs, call, device, torch.float32)
     model.to("cpu")
     torch.cuda.empty_cache()
     baseline = torch.cuda.memory_allocated(device)
-    wrapped = host.wrap_model(model, "InfiniteTalk", torch.float32, 1e-3, streaming=True)
+    wrapped = managed_dit.wrap_model(host, model, "InfiniteTalk", torch.float32, 1e-3, streaming=True)
     res = {"patcher": type(wrapped.patcher).__name__, "model_size_mib": wrapped.patcher.model_size() / MIB,
            "runs": []}
     ok = True
     for cycle in range(2):
-        dit = host.load_for_sampling(wrapped)
+        dit = managed_dit.load_for_sampling(wrapped)
         out = _forward(dit, inputs, call, device, torch.float32)
         max_abs, _ = _diff(out, resident)
         mm.unload_all_models()                      # what /free does (and another model needing VRAM)

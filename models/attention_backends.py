@@ -112,7 +112,7 @@ LIBRARIES: dict[str, tuple[Library, ...]] = {
 PACKAGES = {"flash_attn": "flash-attn", "sageattention": "sageattention", "xformers": "xformers",
             "comfy_kitchen_int8": "comfy-kitchen"}
 
-_host: dict = {"get": None}      # loaders/host.py injects the host's attention function getter
+_host: dict = {"get": None}      # loaders/run_choices.py injects the host's attention function getter
 _resolved: dict[tuple[str, str], Resolved | AttentionUnavailable] = {}
 _refused: dict[str, str] = {}    # library -> the first run-time refusal (logged once)
 

@@ -1,4 +1,4 @@
-"""The pack's V3 nodes (the only package besides loaders/host.py that imports the host)."""
+"""The pack's V3 nodes (the only package besides loaders/host.py + loaders/model_folders.py that imports the host)."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import logging
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from ..loaders import host
+from ..loaders import model_folders
 from ..media.video_file import sweep_leftovers
 from .audio_encode import InfiniteTalkAudioEncode
 from .demo_inputs import offer_to_host
@@ -45,11 +45,11 @@ def _sweep_once() -> None:
 
 class InfiniteTalkExtension(ComfyExtension):
     async def on_load(self) -> None:
-        host.register_folders()
+        model_folders.register_folders()
         _sweep_once()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        host.register_folders()       # also here: 0.3.75 does not call on_load for custom nodes
+        model_folders.register_folders()       # also here: 0.3.75 does not call on_load for custom nodes
         _sweep_once()
         offer_to_host()               # the bundled workflows' inputs, never over a user's file
         return list(NODES)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..loaders import host
+from ..loaders import host, kept_encoders
 from ..media import speech_features
+from . import choices
 from .types import CATEGORY, Audio, input_error
 
 NODE = "InfiniteTalk Audio Encode"
@@ -17,10 +18,7 @@ def _waveform(audio, name: str):
 
 
 def encode(wav2vec_model: str, audio_1, audio_2, mode: str, normalize_loudness: bool):
-    path = host.resolve_model("wav2vec", wav2vec_model)
-    if path is None:
-        raise input_error(NODE, "wav2vec_model", f"'{wav2vec_model}' was not found",
-                          f"Put it in {host.folder_hint('wav2vec')} and refresh the page (R)")
+    path = choices.chosen_file(NODE, "wav2vec_model", "wav2vec", wav2vec_model)
     names = ["audio_1"] + (["audio_2"] if audio_2 is not None else [])
     clips = [_waveform(a, n) for a, n in zip((audio_1, audio_2), names)]
     for i, (wav, rate) in enumerate(clips):      # before loading anything: fail fast on bad audio
@@ -29,7 +27,7 @@ def encode(wav2vec_model: str, audio_1, audio_2, mode: str, normalize_loudness: 
         except speech_features.SpeechInputError as err:
             raise input_error(NODE, names[err.speaker], err.problem, err.fix) from None
     try:
-        model = host.load_speech_model(path)
+        model = kept_encoders.load_speech_model(path, host)
     except ValueError as err:   # LoaderError and the loaders' own errors
         raise input_error(NODE, "wav2vec_model", str(err)) from None
     try:
@@ -40,7 +38,7 @@ def encode(wav2vec_model: str, audio_1, audio_2, mode: str, normalize_loudness: 
     except ValueError as err:
         raise input_error(NODE, "audio_1", str(err)) from None
     finally:
-        host.release_speech_model()
+        kept_encoders.release_speech_model(host)
 
 
 class InfiniteTalkAudioEncode(io.ComfyNode):
@@ -54,7 +52,7 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
                         "frames per second). Also gives the soundtrack (your audio as loaded, which the "
                         "sampler puts into the video) and the video length in frames.",
             inputs=[
-                io.Combo.Input("wav2vec_model", options=host.list_models("wav2vec"),
+                io.Combo.Input("wav2vec_model", options=choices.options("wav2vec"),
                                tooltip="wav2vec2 (chinese-wav2vec2-base): a Hugging Face folder "
                                        "(config.json + weights) in models/wav2vec2, or a single file in "
                                        "models/audio_encoders. Kept in RAM between runs (reloaded "
@@ -86,11 +84,11 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, wav2vec_model):
-        return host.missing_file(NODE, "wav2vec_model", "wav2vec", wav2vec_model) or True
+        return choices.missing_file(NODE, "wav2vec_model", "wav2vec", wav2vec_model) or True
 
     @classmethod
     def fingerprint_inputs(cls, wav2vec_model=None, mode="para", normalize_loudness=True, **_):
-        return (host.fingerprint("wav2vec", wav2vec_model), mode, normalize_loudness)
+        return (choices.fingerprint("wav2vec", wav2vec_model), mode, normalize_loudness)
 
     @classmethod
     def execute(cls, wav2vec_model, audio_1, mode, normalize_loudness, audio_2=None) -> io.NodeOutput:

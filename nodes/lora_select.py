@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..loaders import host
-from .types import CATEGORY, Lora, input_error
+from . import choices
+from .types import CATEGORY, Lora
 
 NODE = "InfiniteTalk LoRA"
 
@@ -19,7 +19,7 @@ class InfiniteTalkLoraSelect(io.ComfyNode):
             description="Chooses a LoRA (e.g. FusionX or lightx2v for 4-8 step generation) for the "
                         "InfiniteTalk Model Loader.",
             inputs=[
-                io.Combo.Input("lora", options=host.list_models("loras"),
+                io.Combo.Input("lora", options=choices.options("loras"),
                                tooltip="LoRA file from models/loras (kohya lora_down/up, PEFT lora_A/B, "
                                        "diff / diff_b; with or without the diffusion_model. prefix)."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
@@ -33,16 +33,13 @@ class InfiniteTalkLoraSelect(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, lora):
-        return host.missing_file(NODE, "lora", "loras", lora) or True
+        return choices.missing_file(NODE, "lora", "loras", lora) or True
 
     @classmethod
     def fingerprint_inputs(cls, lora=None, **_):
-        return host.fingerprint("loras", lora)
+        return choices.fingerprint("loras", lora)
 
     @classmethod
     def execute(cls, lora, strength, prev_lora=None) -> io.NodeOutput:
-        path = host.resolve_model("loras", lora)
-        if path is None:
-            raise input_error(NODE, "lora", f"file '{lora}' was not found",
-                              f"Put it in {host.folder_hint('loras')} and refresh the page (R)")
+        path = choices.chosen_file(NODE, "lora", "loras", lora)
         return io.NodeOutput(tuple(prev_lora or ()) + ((path, float(strength)),))

@@ -3,21 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..loaders import host
-from .types import CATEGORY, Lora, Model, adv, input_error
+from ..loaders import host, managed_dit, run_choices
+from . import choices
+from .types import CATEGORY, Lora, Model, adv, blamed_error
 
 NODE = "InfiniteTalk Model Loader"
 FAMILIES = ["InfiniteTalk", "MultiTalk"]
-
-
-def _model_choice(kind: str, name: str, input_name: str, optional: bool = False) -> str | None:
-    if optional and name in ("none", "", None):
-        return None
-    path = host.resolve_model(kind, name)
-    if path is None:
-        raise input_error(NODE, input_name, f"file '{name}' was not found",
-                          f"Put it in {host.folder_hint(kind)} and refresh the page (R)")
-    return path
 
 
 class InfiniteTalkModelLoader(io.ComfyNode):
@@ -30,11 +21,11 @@ class InfiniteTalkModelLoader(io.ComfyNode):
             description="Loads the Wan2.1-I2V-14B video model with the InfiniteTalk or MultiTalk audio "
                         "adapter. The host moves it in and out of GPU memory like any other model.",
             inputs=[
-                io.Combo.Input("model", options=host.list_models("diffusion_models"),
+                io.Combo.Input("model", options=choices.options("diffusion_models"),
                                tooltip="Wan2.1-I2V-14B from models/diffusion_models: the official 7-shard "
                                        "base (pick its .safetensors.index.json), a single-file base, or a "
                                        "full InfiniteTalk/MultiTalk model (incl. MeiGen quanto int8/fp8)."),
-                io.Combo.Input("audio_adapter", options=["none"] + host.list_models("audio_adapter"),
+                io.Combo.Input("audio_adapter", options=choices.options("audio_adapter", with_none=True),
                                default="none",
                                tooltip="Audio adapter from models/infinitetalk (or models/model_patches): "
                                        "infinitetalk single/multi or multitalk .safetensors. 'none' when "
@@ -61,10 +52,10 @@ class InfiniteTalkModelLoader(io.ComfyNode):
                                        "GPU and the whole model in pinned RAM. Ignored when ComfyUI "
                                        "runs on the CPU.",
                                **adv()),
-                io.Combo.Input("attention", options=list(host.ATTENTION_CHOICES), default="auto", optional=True,
+                io.Combo.Input("attention", options=list(run_choices.ATTENTION_CHOICES), default="auto", optional=True,
                                tooltip="Attention kernel. auto: the first installed library that passes a "
                                        "quick accuracy check against SDPA on this GPU ("
-                                       + ", ".join(c for c in host.AUTO_ATTENTION if c != "sdpa")
+                                       + ", ".join(c for c in run_choices.AUTO_ATTENTION if c != "sdpa")
                                        + "), else sdpa; on the CPU sdpa; the "
                                        "environment variable INFINITETALK_ATTENTION, when set, replaces "
                                        "auto. comfy: ComfyUI's own attention (--use-sage-attention / "
@@ -75,7 +66,7 @@ class InfiniteTalkModelLoader(io.ComfyNode):
                                        "and approximate (docs/PERFORMANCE.md). The info output says what "
                                        "runs.",
                                **adv()),
-                io.Combo.Input("compile", options=list(host.COMPILE_CHOICES), default="auto", optional=True,
+                io.Combo.Input("compile", options=list(run_choices.COMPILE_CHOICES), default="auto", optional=True,
                                tooltip="torch.compile the 40 transformer blocks: ~27 % faster per DiT "
                                        "pass on an H100 after 10-20 s of compiling at the first run (and "
                                        "for each new resolution). auto: on CUDA where Triton works, off "
@@ -97,47 +88,38 @@ class InfiniteTalkModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model, audio_adapter="none"):
-        return (host.missing_file(NODE, "model", "diffusion_models", model)
-                or (audio_adapter != "none" and host.missing_file(NODE, "audio_adapter", "audio_adapter",
-                                                                  audio_adapter))
+        return (choices.missing_file(NODE, "model", "diffusion_models", model)
+                or choices.missing_file(NODE, "audio_adapter", "audio_adapter", audio_adapter, optional=True)
                 or True)
 
     @classmethod
     def fingerprint_inputs(cls, model=None, audio_adapter="none", **_):
         """Reload when a weight file changes on disk, not only when the choice changes."""
-        return (host.fingerprint("diffusion_models", model),
-                host.fingerprint("audio_adapter", audio_adapter))
+        return (choices.fingerprint("diffusion_models", model),
+                choices.fingerprint("audio_adapter", audio_adapter))
 
     @classmethod
     def execute(cls, model, audio_adapter, family, precision, lora=None, memory_budget_gb=0.0,
                 attention="auto", compile="auto", gpus=1) -> io.NodeOutput:  # noqa: A002 - the input's name
-        model_path = _model_choice("diffusion_models", model, "model")
-        adapter_path = _model_choice("audio_adapter", audio_adapter, "audio_adapter", optional=True)
-        _check_run_choices(attention, compile)
-        try:
-            loaded = host.load_model(model_path, adapter_path, family, precision, lora or (),
-                                     memory_budget_gb, attention, compile, gpus)
-        except RuntimeError as err:   # gpus > 1 without Ray, or more than the GPUs ComfyUI sees
-            if gpus <= 1:
-                raise
-            raise input_error(NODE, "gpus", str(err)) from None
-        except ValueError as err:   # LoaderError (knows the input it blames) and the loaders' own errors
-            raise input_error(NODE, getattr(err, "input", None) or "model", str(err)) from None
-        info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")
-                + f" | {loaded.dtype} | loras: {len(lora or ())}"
-                + (" | blocks streamed from RAM" if loaded.streaming else "")
-                + f" | {loaded.run_info}")
-        return io.NodeOutput(loaded, info)
+        return io.NodeOutput(*load(model, audio_adapter, family, precision, lora or (), memory_budget_gb,
+                                   attention, compile, gpus))
 
 
-def _check_run_choices(attention: str, compile: str) -> None:  # noqa: A002
-    """Resolve attention and compile before minutes of weight loading: one clear error for a choice
-    that cannot run here (the input, or the environment variable that stood in for auto)."""
+def load(model: str, audio_adapter: str, family: str, precision: str, loras, memory_budget_gb: float,
+         attention: str, compile: str, gpus: int):  # noqa: A002
+    """The chosen files -> ``managed_dit.load_model`` -> (the model, the info text). Its errors name the
+    input they blame (attention / compile / gpus / model / audio_adapter / lora, carried on the error)."""
+    model_path = choices.chosen_file(NODE, "model", "diffusion_models", model)
+    adapter_path = choices.chosen_file(NODE, "audio_adapter", "audio_adapter", audio_adapter, optional=True)
     try:
-        host.select_attention(attention)
-    except ValueError as err:
-        raise input_error(NODE, "attention", str(err)) from None
-    try:
-        host.select_compile(compile)
-    except ValueError as err:
-        raise input_error(NODE, "compile", str(err)) from None
+        loaded = managed_dit.load_model(host, model_path, adapter_path, family, precision, loras,
+                                        memory_budget_gb, attention, compile, gpus)
+    except (ValueError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and getattr(err, "input", None) is None:
+            raise                       # not an input's fault (e.g. CUDA out of memory)
+        raise blamed_error(NODE, err, "model") from None
+    info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")
+            + f" | {loaded.dtype} | loras: {len(loras)}"
+            + (" | blocks streamed from RAM" if loaded.streaming else "")
+            + f" | {loaded.run_info}")
+    return loaded, info

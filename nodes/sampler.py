@@ -9,7 +9,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..loaders import host
+from ..loaders import host, managed_dit
 from ..samplers import checks
 from ..samplers import conditioning as C
 from ..samplers.loop import Settings, generate
@@ -144,7 +144,7 @@ def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Set
         log.warning("%s: %s", NODE, note)
     preview = PreviewFrames(image_frames_limit)
     progress = _Progress(len(plan), settings.steps)
-    dit = host.load_for_sampling(model)
+    dit = managed_dit.load_for_sampling(model)
     folder = os.path.join(folder_paths.get_temp_directory(), "infinitetalk")
     target = reserve_output_path(folder, "sampler")
 
@@ -172,7 +172,7 @@ def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Set
         interrupted = host.is_interrupt(err)
         raise
     finally:
-        host.release_after_sampling(model, interrupted=interrupted)
+        managed_dit.release_after_sampling(model, interrupted=interrupted)
     if preview.note():
         log.info("%s: %s", NODE, preview.note())
     sound = audio["soundtrack"]

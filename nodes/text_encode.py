@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..loaders import host
+from ..loaders import host, kept_encoders
+from . import choices
 from .types import CATEGORY, Text, input_error
 
 NODE = "InfiniteTalk T5 Text Encode"
@@ -32,7 +33,7 @@ class InfiniteTalkTextEncode(io.ComfyNode):
                         "on the GPU only when 1.2x its size is free there at that moment, else on the "
                         "CPU (slower, no GPU memory). It is moved back to RAM right after encoding.",
             inputs=[
-                io.Combo.Input("t5_model", options=host.list_models("text_encoders"),
+                io.Combo.Input("t5_model", options=choices.options("text_encoders"),
                                tooltip="umT5-XXL encoder from models/text_encoders: the official "
                                        "models_t5_umt5-xxl-enc-bf16.pth, a .safetensors repack, or a "
                                        "quanto int8/fp8 file. Its tokenizer files must lie beside it. "
@@ -50,11 +51,11 @@ class InfiniteTalkTextEncode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, t5_model):
-        return host.missing_file(NODE, "t5_model", "text_encoders", t5_model) or True
+        return choices.missing_file(NODE, "t5_model", "text_encoders", t5_model) or True
 
     @classmethod
     def fingerprint_inputs(cls, t5_model=None, prompt="", negative_prompt="", **_):
-        return (host.fingerprint("text_encoders", t5_model), prompt, negative_prompt)
+        return (choices.fingerprint("text_encoders", t5_model), prompt, negative_prompt)
 
     @classmethod
     def execute(cls, t5_model, prompt, negative_prompt) -> io.NodeOutput:
@@ -64,12 +65,9 @@ class InfiniteTalkTextEncode(io.ComfyNode):
             except UnicodeEncodeError as err:
                 raise input_error(NODE, name, f"character {err.start} is not valid text (a lone surrogate, "
                                   "e.g. half of an emoji)", "Retype or paste the text again") from None
-        path = host.resolve_model("text_encoders", t5_model)
-        if path is None:
-            raise input_error(NODE, "t5_model", f"file '{t5_model}' was not found",
-                              f"Put it in {host.folder_hint('text_encoders')} and refresh the page (R)")
+        path = choices.chosen_file(NODE, "t5_model", "text_encoders", t5_model)
         try:
-            context, context_null = host.encode_texts(path, [prompt, negative_prompt])
+            context, context_null = kept_encoders.encode_texts(path, [prompt, negative_prompt], host)
         except ValueError as err:   # LoaderError and the loaders' own errors
             raise input_error(NODE, "t5_model", str(err)) from None
         return io.NodeOutput({"context": context, "context_null": context_null})

@@ -9,7 +9,7 @@ from ..loaders.model_folders import public_text
 
 CATEGORY = "InfiniteTalk"
 
-Model = io.Custom("INFINITETALK_MODEL")   # loaders.host.HostModel
+Model = io.Custom("INFINITETALK_MODEL")   # loaders.managed_dit.HostModel
 Lora = io.Custom("INFINITETALK_LORA")     # tuple of (path, strength)
 Text = io.Custom("INFINITETALK_TEXT")     # {"context": [1, L, 4096], "context_null": [1, L', 4096]}
 Audio = io.Custom("INFINITETALK_AUDIO")   # samplers' speech embeddings + soundtrack + frames
@@ -29,3 +29,9 @@ def input_error(node: str, name: str, problem: str, fix: str = "") -> ValueError
     unprintable (a non-UTF-8 file name, control characters) is escaped (``public_text``)."""
     msg = f"{node}: input '{name}': {problem}"
     return ValueError(public_text(f"{msg}. {fix}" if fix else msg))
+
+
+def blamed_error(node: str, err: BaseException, default: str) -> ValueError:
+    """``input_error`` for an error that carries the input it blames (``err.input``, e.g. a
+    ``LoaderError``), else ``default``."""
+    return input_error(node, getattr(err, "input", None) or default, str(err))

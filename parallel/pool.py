@@ -5,7 +5,7 @@
 * A worker that dies or fails (killed, out of memory, a load error) is ONE ``WorkerError`` naming the
   worker and its GPU; the whole pool is stopped with it, so the next call starts a fresh one.
 * ``stop`` kills every actor and waits until their processes are gone; it runs on the host's unload /
-  free / interrupt (loaders/host.py), when the model is garbage collected, and after ``idle_s``
+  free / interrupt (loaders/managed_dit.py), when the model is garbage collected, and after ``idle_s``
   seconds without a call. A Ray session this module started is shut down with its last pool.
 
 No comfy here; ``ray`` is imported on first use only (an optional extra: ``pip install ray``).

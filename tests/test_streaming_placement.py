@@ -143,7 +143,7 @@ pack = importlib.util.module_from_spec(spec); sys.modules["infinitetalk"] = pack
 spec.loader.exec_module(pack)
 sys.path.insert(0, {tests!r})
 import torch
-from infinitetalk.loaders import host
+from infinitetalk.loaders import host, managed_dit, run_choices
 from infinitetalk.loaders.streaming import streamed_gpu_bytes
 from infinitetalk.models.wan_dit import WanModel
 from tiny.dit_files import TINY
@@ -157,23 +157,23 @@ class Fake:
 
 assert mm.is_device_cpu(host.torch_device())
 model = WanModel(**TINY).eval()
-plan = host.plan_placement(model, 1e-6)
+plan = managed_dit.plan_placement(host, model, 1e-6)
 assert not plan.stream, plan                       # --cpu: the budget is ignored
-wrapped = host.wrap_model(model, "InfiniteTalk", torch.float32, 1e-6, streaming=True,
+wrapped = managed_dit.wrap_model(host, model, "InfiniteTalk", torch.float32, 1e-6, streaming=True,
                           make_streamer=Fake)
 p = wrapped.patcher
 assert p.model_size() == streamed_gpu_bytes(model)
-assert host.load_for_sampling(wrapped) is model    # load_models_gpu -> our partially_load
+assert managed_dit.load_for_sampling(wrapped) is model  # load_models_gpu -> our partially_load
 assert p.streamed.loaded and p.loaded_size() == p.model_size() and Fake.made == 1
 assert any(lm.model is p for lm in mm.current_loaded_models)
-host.load_for_sampling(wrapped)                    # loaded already: nothing new
+managed_dit.load_for_sampling(wrapped)             # loaded already: nothing new
 assert Fake.made == 1 and p.streamed.streamer.calls == []
 mm.unload_all_models()                             # what /free does
 assert not p.streamed.loaded and p.loaded_size() == 0
 assert not any(lm.model is p for lm in mm.current_loaded_models)
-host.load_for_sampling(wrapped)                    # the streaming state comes back
+managed_dit.load_for_sampling(wrapped)             # the streaming state comes back
 assert p.streamed.loaded and Fake.made == 1
-host.unload(wrapped)                               # idle timer / interrupt path
+managed_dit.unload(wrapped)                        # idle timer / interrupt path
 assert not p.streamed.loaded
 assert p.streamed.streamer.calls == ["offload", "reload", "offload"], p.streamed.streamer.calls
 clone = p.clone()
@@ -181,30 +181,31 @@ assert clone.streamed is p.streamed
 # INFINITETALK_ATTENTION through the host module (the Model Loader calls this first)
 import os
 from infinitetalk.models import attention
-assert host.select_attention().backend == "sdpa"                # auto on the CPU
-os.environ[host.ATTENTION_ENV] = "int8_fp8"
+assert managed_dit.select_attention(host).backend == "sdpa"        # auto on the CPU
+os.environ[run_choices.ATTENTION_ENV] = "int8_fp8"
 try:                                        # --cpu: a named kernel that cannot run is an error
-    host.select_attention(); raise SystemExit("int8_fp8 was accepted on the CPU")
+    managed_dit.select_attention(host); raise SystemExit("int8_fp8 was accepted on the CPU")
 except ValueError as err:
     assert "attention 'int8_fp8'" in str(err) and "CUDA" in str(err), err
 assert attention.get_backend() == "sdpa"
-os.environ[host.ATTENTION_ENV] = "sage"
+os.environ[run_choices.ATTENTION_ENV] = "sage"
 try:
-    host.select_attention(); raise SystemExit("a bad value was accepted")
+    managed_dit.select_attention(host); raise SystemExit("a bad value was accepted")
 except ValueError as err:
     assert "environment variable INFINITETALK_ATTENTION='sage'" in str(err), err
-assert host.select_attention("sdpa").backend == "sdpa"          # a named input beats the variable
-del os.environ[host.ATTENTION_ENV]
+assert managed_dit.select_attention(host, "sdpa").backend == "sdpa"  # a named input beats the variable
+del os.environ[run_choices.ATTENTION_ENV]
 # INFINITETALK_COMPILE stands in for the loader's compile = auto
-assert host.select_compile() == (False, "off (auto on cpu)")
-os.environ[host.COMPILE_ENV] = "1"
-assert host.select_compile("auto")[0] is True and host.select_compile("off") == (False, "off")
-os.environ[host.COMPILE_ENV] = "maybe"
+assert managed_dit.select_compile(host) == (False, "off (auto on cpu)")
+os.environ[run_choices.COMPILE_ENV] = "1"
+assert managed_dit.select_compile(host, "auto")[0] is True
+assert managed_dit.select_compile(host, "off") == (False, "off")
+os.environ[run_choices.COMPILE_ENV] = "maybe"
 try:
-    host.select_compile(); raise SystemExit("a bad compile value was accepted")
+    managed_dit.select_compile(host); raise SystemExit("a bad compile value was accepted")
 except ValueError as err:
     assert "environment variable INFINITETALK_COMPILE='maybe'" in str(err), err
-del os.environ[host.COMPILE_ENV]
+del os.environ[run_choices.COMPILE_ENV]
 print("HOST-STREAMING-OK")
 """
 

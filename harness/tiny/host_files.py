@@ -239,7 +239,7 @@ def write_host_models(models_dir: str | os.PathLike, vae_name: str = "wan_2.1_va
 
 # ------------------------------------------------------------------ a whole user model folder
 # The file names users have after following the official download instructions, placed in the
-# ComfyUI folders the pack reads (see loaders/host.py KINDS). Keys: the roles the workflows use.
+# ComfyUI folders the pack reads (see loaders/model_folders.py KINDS). Keys: the roles the workflows use.
 USER_FILES = {
     "base": "Wan2.1-I2V-14B-480P/diffusion_pytorch_model.safetensors.index.json",
     "adapter_single": "single/infinitetalk.safetensors",
