@@ -3,42 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..loaders import host, kept_encoders
-from ..media import speech_features
+from ..loaders import host
+from ..runs.encode_audio import encode_audio
 from . import choices
-from .types import CATEGORY, Audio, input_error
+from .types import CATEGORY, Audio, blaming
 
 NODE = "InfiniteTalk Audio Encode"
-
-
-def _waveform(audio, name: str):
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise input_error(NODE, name, "expected an AUDIO (e.g. from Load Audio)")
-    return audio["waveform"], int(audio["sample_rate"])
-
-
-def encode(wav2vec_model: str, audio_1, audio_2, mode: str, normalize_loudness: bool):
-    path = choices.chosen_file(NODE, "wav2vec_model", "wav2vec", wav2vec_model)
-    names = ["audio_1"] + (["audio_2"] if audio_2 is not None else [])
-    clips = [_waveform(a, n) for a, n in zip((audio_1, audio_2), names)]
-    for i, (wav, rate) in enumerate(clips):      # before loading anything: fail fast on bad audio
-        try:
-            speech_features.check_waveform(wav, rate, i)
-        except speech_features.SpeechInputError as err:
-            raise input_error(NODE, names[err.speaker], err.problem, err.fix) from None
-    try:
-        model = kept_encoders.load_speech_model(path, host)
-    except ValueError as err:   # LoaderError and the loaders' own errors
-        raise input_error(NODE, "wav2vec_model", str(err)) from None
-    try:
-        return speech_features.encode_speakers(model, [c[0] for c in clips], [c[1] for c in clips], mode,
-                                      normalize_loudness)
-    except speech_features.SpeechInputError as err:
-        raise input_error(NODE, names[err.speaker], err.problem, err.fix) from None
-    except ValueError as err:
-        raise input_error(NODE, "audio_1", str(err)) from None
-    finally:
-        kept_encoders.release_speech_model(host)
 
 
 class InfiniteTalkAudioEncode(io.ComfyNode):
@@ -92,5 +62,7 @@ class InfiniteTalkAudioEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, wav2vec_model, audio_1, mode, normalize_loudness, audio_2=None) -> io.NodeOutput:
-        feats = encode(wav2vec_model, audio_1, audio_2, mode, normalize_loudness)
+        path = choices.chosen_file(NODE, "wav2vec_model", "wav2vec", wav2vec_model)
+        with blaming(NODE):
+            feats = encode_audio(host, path, audio_1, audio_2, mode, normalize_loudness)
         return io.NodeOutput(feats, feats.as_audio(), feats.frames)

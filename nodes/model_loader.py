@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..loaders import host, managed_dit, run_choices
 from . import choices
-from .types import CATEGORY, Lora, Model, adv, blamed_error
+from .types import CATEGORY, Lora, Model, adv, blaming
 
 NODE = "InfiniteTalk Model Loader"
 FAMILIES = ["InfiniteTalk", "MultiTalk"]
@@ -111,13 +111,9 @@ def load(model: str, audio_adapter: str, family: str, precision: str, loras, mem
     input they blame (attention / compile / gpus / model / audio_adapter / lora, carried on the error)."""
     model_path = choices.chosen_file(NODE, "model", "diffusion_models", model)
     adapter_path = choices.chosen_file(NODE, "audio_adapter", "audio_adapter", audio_adapter, optional=True)
-    try:
+    with blaming(NODE, "model"):
         loaded = managed_dit.load_model(host, model_path, adapter_path, family, precision, loras,
                                         memory_budget_gb, attention, compile, gpus)
-    except (ValueError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and getattr(err, "input", None) is None:
-            raise                       # not an input's fault (e.g. CUDA out of memory)
-        raise blamed_error(NODE, err, "model") from None
     info = (f"{family} | {model}" + (f" + {audio_adapter}" if adapter_path else "")
             + f" | {loaded.dtype} | loras: {len(loras)}"
             + (" | blocks streamed from RAM" if loaded.streaming else "")

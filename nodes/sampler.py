@@ -1,29 +1,22 @@
-"""InfiniteTalk Sampler: the whole talking video, window by window, streamed into an mp4."""
+"""InfiniteTalk Sampler: the whole talking video, window by window, streamed into an mp4.
+
+The run itself is ``runs/sample_video.py``; here: the declaration and the host's VAE, CLIP and
+progress bar as the callables the run takes.
+"""
 from __future__ import annotations
 
-import logging
-import os
-
-import av
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..loaders import host, managed_dit
-from ..samplers import checks
+from ..runs.sample_video import SAMPLER_CRF, sample_video
 from ..samplers import conditioning as C
-from ..samplers.loop import Settings, generate
-from ..samplers.presets import get_preset, modes_tooltip
-from ..samplers.preview_frames import PreviewFrames
-from ..media.source_video import SourceVideo
+from ..samplers.presets import modes_tooltip
 from ..samplers.teacache import OFFICIAL_THRESHOLD
-from ..media.video_file import Mp4Writer, reserve_output_path
-from ..samplers.windows import plan_windows
-from .sampler_video import SAMPLER_CRF, SamplerVideo
-from .types import CATEGORY, Audio, Model, Text, adv, input_error
+from .sampler_video import SamplerVideo
+from .types import CATEGORY, Audio, Model, Text, adv, blaming
 
 NODE = "InfiniteTalk Sampler"
-log = logging.getLogger(__name__)
 
 
 def _host_vae(vae):
@@ -43,144 +36,8 @@ def _host_clip(clip_vision):
     return encode
 
 
-def _reference(image, video, speech_frames: int):
-    """(the reference for the loop, notes for the user)."""
-    if video is not None:
-        try:
-            src = video.get_stream_source()
-        except (AttributeError, NotImplementedError):     # an in-memory VIDEO: its frames as they are
-            return video.get_components().images, []
-        try:
-            reader = SourceVideo(src)
-        except (ValueError, IndexError, av.error.FFmpegError) as err:
-            raise input_error(NODE, "video", f"the video cannot be read ({err})",
-                              "Load a video file with frames (mp4, webm, mov)") from None
-        return reader, reader.notes(speech_frames)
-    if image is None:
-        raise input_error(NODE, "image", "connect a reference image (or a video to dub)")
-    if image.shape[0] > 1:
-        log.info("%s: %d images given; the first one is the reference", NODE, image.shape[0])
-    return image[0], []
-
-
-class _Progress:
-    """One bar for the whole run: per window, its conditioning, its steps and its decode.
-
-    The loop reports steps; conditioning counts once the window's first VAE encode is done (every
-    window encodes: the keyframe or its motion frames), the decode once it returns, so the bar moves
-    before the first step and reaches the end only after the last window is decoded."""
-
-    def __init__(self, windows: int, steps: int):
-        self.total = windows * (steps + 2)
-        self.steps = self.phases = 0
-        self.encoded = False                # the current window's conditioning was counted
-        self.bar = comfy.utils.ProgressBar(self.total)
-
-    def _show(self) -> None:
-        self.bar.update_absolute(min(self.steps + self.phases, self.total), self.total)
-
-    def on_step(self, done: int, _total: int) -> None:
-        self.steps = done
-        self._show()
-
-    def wrap(self, encode, decode):
-        def encode_counted(frames):
-            out = encode(frames)
-            if not self.encoded:
-                self.encoded = True
-                self.phases += 1
-                self._show()
-            return out
-
-        def decode_counted(latent):
-            out = decode(latent)
-            self.encoded = False            # the next encode belongs to the next window
-            self.phases += 1
-            self._show()
-            return out
-        return encode_counted, decode_counted
-
-
-def _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution, width,
-              height, color_correction, motion_frames, apg, teacache_thresh, max_frames) -> Settings:
-    preset = get_preset(mode)
-    bucket = resolution if resolution in ("480p", "720p") else "480p"
-    over = {"seed": int(seed), "family": model.family.lower(), "color_strength": color_correction,
-            "apg": bool(apg), "teacache_thresh": float(teacache_thresh),
-            "device": model.patcher.load_device, "dit_dtype": model.dtype}
-    if steps > 0:
-        over["steps"] = steps
-    if text_guidance >= 0:
-        over["text_scale"] = text_guidance
-    if audio_guidance >= 0:
-        over["audio_scale"] = audio_guidance
-    if shift > 0:
-        over["shift"] = shift
-    if motion_frames > 0:
-        if (motion_frames - 1) % 4:
-            raise input_error(NODE, "motion_frames", f"{motion_frames} is not of the form 4n+1",
-                              "Use 0 (the family's default), 1, 5, 9, 13, ... 65")
-        over["motion_frames"] = motion_frames
-    if max_frames > 0:
-        over["max_frames"] = max_frames
-    if resolution == "custom":
-        if width % 16 or height % 16:
-            raise input_error(NODE, "width", f"custom size {width}x{height} must be multiples of 16")
-        over["size"] = (height, width)
-    try:
-        return Settings.from_preset(preset.name, bucket, **over)
-    except ValueError as err:
-        raise input_error(NODE, "steps", str(err)) from None
-
-
-def run(model, text, audio, vae, clip_vision, image, video, masks, settings: Settings,
-        image_frames_limit: int):
-    """Sample into a temp mp4 (with the soundtrack); returns (path, preview frames, frames, info)."""
-    audio_frames = int(audio["embeddings"].shape[1])
-    plan = plan_windows(audio_frames, family=settings.family, frame_num=settings.frame_num,
-                        motion_frames=settings.motion_frames, max_frames=settings.max_frames)
-    reference, notes = _reference(image, video, plan.total_frames)
-    for note in notes:
-        log.warning("%s: %s", NODE, note)
-    preview = PreviewFrames(image_frames_limit)
-    progress = _Progress(len(plan), settings.steps)
-    dit = managed_dit.load_for_sampling(model)
-    folder = os.path.join(folder_paths.get_temp_directory(), "infinitetalk")
-    target = reserve_output_path(folder, "sampler")
-
-    def sink(frames):
-        writer.write(frames)                # every frame goes to the video; the cap is preview's alone
-        preview.add(frames)
-
-    def should_stop():
-        host.throw_if_interrupted()
-        return False
-
-    interrupted = False
-    try:
-        with (Mp4Writer(target, 25, crf=SAMPLER_CRF, audio=audio["soundtrack"],
-                        sample_rate=audio["sample_rate"]) as writer,
-              checks.first_output_finite(dit)):
-            encode, decode = progress.wrap(*_host_vae(vae))
-            result = generate(dit, encode, decode, _host_clip(clip_vision), reference,
-                              audio["embeddings"], text, settings, masks=masks, sink=sink,
-                              on_step=progress.on_step, should_stop=should_stop)
-    except checks.NonFiniteOutput as err:
-        raise input_error(NODE, "model", str(err), "Re-download the model, remove or weaken its LoRAs, or "
-                          "choose precision bf16 or fp32 in the InfiniteTalk Model Loader") from None
-    except BaseException as err:
-        interrupted = host.is_interrupt(err)
-        raise
-    finally:
-        managed_dit.release_after_sampling(model, interrupted=interrupted)
-    if preview.note():
-        log.info("%s: %s", NODE, preview.note())
-    sound = audio["soundtrack"]
-    info = [f"{result.frames} frames ({result.frames / 25:.2f} s at 25 fps), {result.width}x"
-            f"{result.height}, {len(plan)} window(s); soundtrack {audio['sample_rate']} Hz, "
-            f"{sound.shape[0] if sound.dim() > 1 else 1} channel(s)"]
-    info += [f"warning: {n}" for n in notes] + ([preview.note()] if preview.note() else [])
-    return str(target), preview.images(), result.frames, "\n".join(info)
+def _progress_bar(total: int):
+    return comfy.utils.ProgressBar(total).update_absolute
 
 
 class InfiniteTalkSampler(io.ComfyNode):
@@ -284,20 +141,12 @@ class InfiniteTalkSampler(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, text, audio, vae, clip_vision, mode, steps, text_guidance,
-                audio_guidance, shift, seed, resolution, width, height, color_correction,
-                motion_frames, apg, teacache_thresh, max_frames, image_frames_limit, image=None,
-                video=None, masks=None) -> io.NodeOutput:
-        if masks is not None and (masks.dim() != 3 or masks.shape[0] != 3):
-            raise input_error(NODE, "masks", f"expected [3, H, W] speaker masks, got "
-                              f"{list(masks.shape)}", "Use the InfiniteTalk Speaker Masks node")
-        ref_hw = (image.shape[1:3] if image is not None else None)
-        if masks is not None and ref_hw is not None and tuple(masks.shape[1:]) != tuple(ref_hw):
-            raise input_error(NODE, "masks", f"masks are {masks.shape[2]}x{masks.shape[1]} but the image "
-                              f"is {ref_hw[1]}x{ref_hw[0]}", "Make the masks from this image")
-        settings = _settings(model, mode, steps, text_guidance, audio_guidance, shift, seed, resolution,
-                             width, height, color_correction, motion_frames, apg, teacache_thresh,
-                             max_frames)
-        path, images, frames, info = run(model, text, audio, vae, clip_vision, image, video, masks,
-                                         settings, image_frames_limit)
-        return io.NodeOutput(SamplerVideo(path, SAMPLER_CRF), images, frames, info)
+    def execute(cls, model, text, audio, vae, clip_vision, image_frames_limit, image=None, video=None,
+                masks=None, **options) -> io.NodeOutput:
+        """``options``: the settings inputs (mode ... max_frames) by name, for
+        ``samplers.settings.from_node_inputs``."""
+        with blaming(NODE):
+            run = sample_video(model, text, audio, image, video, masks, options, *_host_vae(vae),
+                               _host_clip(clip_vision), folder_paths.get_temp_directory(), image_frames_limit,
+                               _progress_bar)
+        return io.NodeOutput(SamplerVideo(run.path, SAMPLER_CRF), run.images, run.frames, run.info)

@@ -12,8 +12,9 @@ import os
 
 from comfy_api.latest import InputImpl
 
+from ..runs.sample_video import SAMPLER_CRF
+
 log = logging.getLogger(__name__)
-SAMPLER_CRF = 19             # the sampler's H.264 quality; Video Combine's default matches it
 
 
 class SamplerVideo(InputImpl.VideoFromFile):

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..loaders import host, kept_encoders
+from ..loaders import host
+from ..runs.encode_text import encode_text
 from . import choices
-from .types import CATEGORY, Text, input_error
+from .types import CATEGORY, Text, blaming
 
 NODE = "InfiniteTalk T5 Text Encode"
 # The official Wan 2.1 / InfiniteTalk default negative prompt (wan/configs/shared_config.py).
@@ -59,15 +60,6 @@ class InfiniteTalkTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, t5_model, prompt, negative_prompt) -> io.NodeOutput:
-        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as err:
-                raise input_error(NODE, name, f"character {err.start} is not valid text (a lone surrogate, "
-                                  "e.g. half of an emoji)", "Retype or paste the text again") from None
         path = choices.chosen_file(NODE, "t5_model", "text_encoders", t5_model)
-        try:
-            context, context_null = kept_encoders.encode_texts(path, [prompt, negative_prompt], host)
-        except ValueError as err:   # LoaderError and the loaders' own errors
-            raise input_error(NODE, "t5_model", str(err)) from None
-        return io.NodeOutput({"context": context, "context_null": context_null})
+        with blaming(NODE):
+            return io.NodeOutput(encode_text(host, path, prompt, negative_prompt))

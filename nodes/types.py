@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 from comfy_api.latest import io
 
@@ -23,15 +24,29 @@ def adv() -> dict:
     return {"advanced": True} if _ADVANCED_OK else {}
 
 
-def input_error(node: str, name: str, problem: str, fix: str = "") -> ValueError:
+class NodeError(ValueError):
+    """A message that already names the node and the input (``input_error``)."""
+
+
+def input_error(node: str, name: str, problem: str, fix: str = "") -> NodeError:
     """One clear message: which node, which input, what is wrong, how to fix it. The text goes to API
     clients and the host's log: server paths are shown relative to the ComfyUI folders and anything
     unprintable (a non-UTF-8 file name, control characters) is escaped (``public_text``)."""
     msg = f"{node}: input '{name}': {problem}"
-    return ValueError(public_text(f"{msg}. {fix}" if fix else msg))
+    return NodeError(public_text(f"{msg}. {fix}" if fix else msg))
 
 
-def blamed_error(node: str, err: BaseException, default: str) -> ValueError:
-    """``input_error`` for an error that carries the input it blames (``err.input``, e.g. a
-    ``LoaderError``), else ``default``."""
-    return input_error(node, getattr(err, "input", None) or default, str(err))
+@contextmanager
+def blaming(node: str, default: str | None = None):
+    """Around a node's one call: an error that names its input (``errors.InputError``, a loader's
+    ``LoaderError``, a RuntimeError a room marked with ``.input``) becomes ``input_error(node, ...)``;
+    another ValueError blames ``default`` (None: it passes unchanged), any other error passes."""
+    try:
+        yield
+    except NodeError:
+        raise
+    except (ValueError, RuntimeError) as err:
+        name = getattr(err, "input", None) or (default if isinstance(err, ValueError) else None)
+        if name is None:
+            raise
+        raise input_error(node, name, str(err)) from None

@@ -19,7 +19,7 @@ so memory stays flat however long the audio is.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,8 +29,8 @@ from .color import match_colors
 from .conditioning import build_y, cover_resize_crop, frame_mask, padded_clip, target_size
 from .guidance import APG, combine, null_audio, pass_inputs, pass_names
 from .masks import speaker_masks
-from .presets import get_preset
 from .schedule import add_noise, euler_step, timesteps
+from .settings import Settings
 from .teacache import TeaCache
 from .windows import Window, WindowPlan, latent_frames, plan_windows
 
@@ -39,47 +39,6 @@ log = logging.getLogger(__name__)
 
 class Interrupted(RuntimeError):
     """The user stopped the generation; raised between two sampling steps (no partial window is emitted)."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    steps: int = 40
-    text_scale: float = 5.0
-    audio_scale: float = 4.0
-    shift: float = 7.0
-    seed: int = 42
-    family: str = "infinitetalk"          # "multitalk": MultiTalk checkpoints' context rule
-    frame_num: int = 81
-    motion_frames: int | None = None      # None: 9 (InfiniteTalk) / 25 (MultiTalk)
-    max_frames: int | None = None         # cap on the output length (None: the whole audio)
-    resolution: str = "480p"              # bucket table: "480p" or "720p"
-    size: tuple[int, int] | None = None   # (height, width) override, multiples of 16
-    color_strength: float = 1.0
-    apg: bool = False
-    apg_momentum: float = -0.75
-    apg_norm_threshold: float = 55.0
-    teacache_thresh: float = 0.0          # the official TeaCache threshold (CLI default 0.2); 0 = off
-    device: str | torch.device = "cpu"
-    dit_dtype: torch.dtype | None = None  # None: the DiT module's parameter dtype (fp32 for plain callables)
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"sampler settings: steps must be >= 1, got {self.steps}")
-        if not 0.0 <= self.color_strength <= 1.0:
-            raise ValueError(f"sampler settings: colour correction strength must be in 0..1, got "
-                             f"{self.color_strength}")
-        if self.teacache_thresh < 0:
-            raise ValueError(f"sampler settings: teacache_thresh must be >= 0, got {self.teacache_thresh}")
-
-    @classmethod
-    def from_preset(cls, mode: str, resolution: str = "480p", **overrides) -> "Settings":
-        """"standard" or "fast" defaults; ``overrides`` replace any field (steps are checked against the mode)."""
-        preset = get_preset(mode)
-        base = cls(steps=preset.steps, text_scale=preset.text_scale, audio_scale=preset.audio_scale,
-                   shift=preset.resolve_shift(resolution), resolution=resolution)
-        out = replace(base, **overrides)
-        preset.check_steps(out.steps)
-        return out
 
 
 @dataclass(frozen=True)

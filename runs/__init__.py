@@ -1,0 +1,1 @@
+"""What each node does, without the host: wires loaders/, samplers/ and media/ (host calls passed in)."""
