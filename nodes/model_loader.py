@@ -11,6 +11,16 @@ NODE = "InfiniteTalk Model Loader"
 FAMILIES = ["InfiniteTalk", "MultiTalk"]
 
 
+def _auto_attention_text() -> str:
+    """What ``auto`` does, from the measured order (models/attention_backends.AUTO_ORDER)."""
+    libraries = [c for c in run_choices.AUTO_ATTENTION if c != "sdpa"]
+    if not libraries:
+        return ("auto: PyTorch SDPA, on the GPU and the CPU (no attention library measured faster; "
+                "docs/PERFORMANCE.md)")
+    return ("auto: the first installed library that passes a quick accuracy check against SDPA on this "
+            "GPU (" + ", ".join(libraries) + "), else sdpa; on the CPU sdpa")
+
+
 class InfiniteTalkModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -53,10 +63,7 @@ class InfiniteTalkModelLoader(io.ComfyNode):
                                        "runs on the CPU.",
                                **adv()),
                 io.Combo.Input("attention", options=list(run_choices.ATTENTION_CHOICES), default="auto", optional=True,
-                               tooltip="Attention kernel. auto: the first installed library that passes a "
-                                       "quick accuracy check against SDPA on this GPU ("
-                                       + ", ".join(c for c in run_choices.AUTO_ATTENTION if c != "sdpa")
-                                       + "), else sdpa; on the CPU sdpa; the "
+                               tooltip="Attention kernel. " + _auto_attention_text() + "; the "
                                        "environment variable INFINITETALK_ATTENTION, when set, replaces "
                                        "auto. comfy: ComfyUI's own attention (--use-sage-attention / "
                                        "--use-flash-attention apply). sageattention, flash_attn (FA3, "
