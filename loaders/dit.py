@@ -1,10 +1,11 @@
 """``load_dit``: base (+ audio adapter), full, fp8 or optimum-quanto files -> ``WanModel``, streamed.
 
-The model is built on the ``meta`` device, then every tensor is read, cast to the target dtype and
-assigned one at a time, file by file, so peak host RAM is about one copy of the result (the
-official loader holds a fp32 dict of everything plus the model). Before any data is read, the
-union of the file keys is checked against the model's key set; a mismatch is an error that says
-what the files are and where they belong.
+Per-model part only: recognising which file is in which input, the config (shapes, config.json,
+metadata), which Linear layers stay quantized, and the key-mismatch hints. The model is built on
+the ``meta`` device and filled by the loading core (``load_core``): every key planned to one file
+tensor before any data is read, then read, cast and assigned one tensor at a time, file by file,
+so peak host RAM is about one copy of the result (the official loader holds a fp32 dict of
+everything plus the model).
 """
 from __future__ import annotations
 
@@ -14,23 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..models.ops import TorchOps
-from ..models.quant_ops import QuantoLinear, QuantoOps
+from ..models.quant_ops import QuantoOps
 from ..models.wan_dit import WanModel
 from . import keymaps as km
 from .detect import FileInfo, describe, detect
 from .files import LoaderError, WeightFile, blame, open_weights, read_json
-from .fp8 import Fp8AsQuanto, fp8_linear_modules, fp8_quant_map
+from .fp8 import fp8_linear_modules, fp8_quant_map
+from .load_core import KeyMap, load_into
 from .lora import LoraReport, apply_loras
 from .quanto import find_quant_map, prepare_quantized
 
 log = logging.getLogger(__name__)
 
-KEEP_DTYPE_SUFFIXES = (".weight._data",)                                   # int8 / fp8 as stored
-FP32_SUFFIXES = (".weight._scale", ".input_scale", ".output_scale")       # quanto scales
-OPTIONAL_SUFFIXES = (".input_scale", ".output_scale")                     # unused (weight-only)
 SHAPE_KEYS = ("dim", "in_dim", "patch_size", "num_layers", "ffn_dim", "text_dim", "freq_dim", "out_dim",
               "intermediate_dim", "output_dim", "context_tokens", "audio_window", "vae_scale")
 
@@ -159,107 +157,38 @@ def _as_list(v):
     return v if isinstance(v, (list, tuple)) else [v]
 
 
-# -- key plan and streaming ------------------------------------------------------------------------
-def _file_keys(src: WeightFile) -> list[str]:
-    aux = (km.SCALED_FP8_SUFFIX, *km.SCALED_FP8_IGNORED_SUFFIXES)
-    return [k for k in src.keys() if k != km.SCALED_FP8_MARKER and not k.endswith(aux)]
-
-
-def _key_error(missing: set, unexpected: set, sources: list[WeightFile]) -> LoaderError:
-    names = " + ".join(str(s.path) for s in sources)
+# -- the key map (identity: our modules keep the official names; detect() strips a file's prefix) -----
+def _key_hint(missing: set, unexpected: set, twice: set) -> str:
     hint = ""
     if missing and all(km.is_audio_key(k) for k in missing):
-        hint = " The audio weights are missing: choose an InfiniteTalk/MultiTalk adapter in audio_adapter."
+        hint = "The audio weights are missing: choose an InfiniteTalk/MultiTalk adapter in audio_adapter."
     elif missing and not any(km.is_audio_key(k) for k in missing):
-        hint = " Base weights are missing: the model file is incomplete (a missing shard?) or not Wan2.1 I2V."
+        hint = "Base weights are missing: the model file is incomplete (a missing shard?) or not Wan2.1 I2V."
     if any(k.endswith(km.QUANTO_DATA) for k in unexpected):
         hint += " Quantized keys without a matching map entry: use the map shipped with this file."
-    return LoaderError(f"{names}: the keys do not match the InfiniteTalk DiT: {len(missing)} missing "
-                       f"(e.g. {sorted(missing)[:6]}), {len(unexpected)} unexpected "
-                       f"(e.g. {sorted(unexpected)[:6]}).{hint}")
+    if twice:
+        hint += (" Two files provide the same weights (two audio adapters, or an adapter given with a full "
+                 "model).")
+    return hint.strip()
 
 
-def plan_keys(model: nn.Module, sources: list) -> dict[str, WeightFile]:
-    """key -> the file it comes from; the union must be exactly the model's key set."""
-    expected = set(model.state_dict(keep_vars=True))
-    plan: dict[str, WeightFile] = {}
-    for src in sources:
-        for key in _file_keys(src):
-            if key in plan:
-                raise LoaderError(f"{key} is in both {plan[key].path} and {src.path}: two files provide the "
-                                  "same weights (two audio adapters, or an adapter given with a full model).")
-            plan[key] = src
-    missing = {k for k in expected - set(plan) if not k.endswith(OPTIONAL_SUFFIXES)}
-    unexpected = set(plan) - expected
-    if missing or unexpected:
-        raise _key_error(missing, unexpected, sources)
-    return plan
-
-
-def _read(src: WeightFile, key: str, dtype: torch.dtype, device) -> torch.Tensor:
-    t = src.get(key)
-    if key.endswith(".weight") and (scale_key := key[:-7] + km.SCALED_FP8_SUFFIX) in src:
-        t = t.to(torch.float32) * src.get(scale_key).to(torch.float32)   # Kijai "fp8 scaled"
-    if key.endswith(KEEP_DTYPE_SUFFIXES):
-        return t.to(device)
-    if key.endswith(FP32_SUFFIXES):
-        return t.to(device=device, dtype=torch.float32)
-    return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-
-
-def _assign(modules: dict[str, nn.Module], key: str, value: torch.Tensor, src: WeightFile) -> None:
-    owner = km.module_of(key)
-    module, local = modules[owner], key[len(owner) + 1:]
-    if isinstance(module, QuantoLinear) and module.quantized:
-        local = km.QUANTO_SUFFIXES.get(local, local)
-    current = module._parameters.get(local, module._buffers.get(local))
-    if current is None or tuple(current.shape) != tuple(value.shape):
-        want = None if current is None else tuple(current.shape)
-        raise LoaderError(f"{src.path}: shapes disagree for {key}: file {tuple(value.shape)}, model {want}. "
-                          "The file does not fit this model configuration (check config.json / num_heads).")
-    if local in module._parameters:
-        module._parameters[local] = nn.Parameter(value, requires_grad=False)
-    else:
-        module._buffers[local] = value
-
-
-def stream_into(model: nn.Module, plan: dict[str, WeightFile], dtype: torch.dtype, device) -> None:
-    """Read, cast and assign every planned tensor, file by file (releasing each file's map after)."""
-    modules = dict(model.named_modules())
-    by_file: dict[tuple[int, Path], list[str]] = {}
-    for key, src in plan.items():
-        by_file.setdefault((id(src), src.file_of(key)), []).append(key)
-    sources = {id(s): s for s in plan.values()}
-    for (sid, path), keys in by_file.items():
-        src = sources[sid]
-        for key in keys:
-            _assign(modules, key, _read(src, key, dtype, device), src)
-        src.release(path)
-    for name, module in modules.items():           # unused activation scalars absent from a file
-        for buf in ("input_scale", "output_scale"):
-            if isinstance(module, QuantoLinear) and module.quantized and module._buffers[buf].is_meta:
-                module._buffers[buf] = torch.ones((), device=device)
-    left = [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta]
-    if left:
-        raise LoaderError(f"internal: {len(left)} tensors were not loaded (e.g. {left[:3]}).")
+DIT_KEYS = KeyMap("the InfiniteTalk DiT", hint=_key_hint,
+                  shape_fix="The file does not fit this model configuration (check config.json / num_heads).")
 
 
 # -- the entry point -------------------------------------------------------------------------------
 def _build(cfg: dict, sources: list[WeightFile], qmap: dict | None, keep_quantized: bool, operations):
     """WanModel on ``meta`` with quanto slots for the quanto map and (``keep_quantized``) for every fp8
-    Linear weight; fp8 sources are wrapped so their weights appear under the quanto names."""
+    Linear weight (the loading core fills those slots with the file's fp8 bytes and scale)."""
     with torch.device("meta"):
         model = WanModel(**cfg, operations=operations or (QuantoOps if qmap else TorchOps))
     full_map = dict(qmap or {})
     if keep_quantized:
-        for i, src in enumerate(sources):
-            modules = [m for m in fp8_linear_modules(src, model) if m not in full_map]
-            if modules:
-                full_map.update(fp8_quant_map(modules))
-                sources[i] = Fp8AsQuanto(src, modules)
+        for src in sources:
+            full_map.update(fp8_quant_map([m for m in fp8_linear_modules(src, model) if m not in full_map]))
     if full_map:
         prepare_quantized(model, full_map)   # swaps in QuantoLinear: precedence over ``operations``
-    return model, sources, len(full_map)
+    return model, len(full_map)
 
 
 def load_dit(model_path, adapter_path=None, loras=(), dtype: torch.dtype = torch.bfloat16,
@@ -303,8 +232,8 @@ def load_dit(model_path, adapter_path=None, loras=(), dtype: torch.dtype = torch
         qmap_path, qmap = None, None
         if info.kind == "quanto_full":
             qmap_path, qmap = find_quant_map(src.path, src.keys(), src.dtype)
-        model, sources, n_quantized = _build(cfg, sources, qmap, keep_quantized, operations)
-        stream_into(model, plan_keys(model, sources), dtype, device)
+        model, n_quantized = _build(cfg, sources, qmap, keep_quantized, operations)
+        load_into(model, sources, DIT_KEYS, dtype, device)
     except LoaderError as err:
         raise blame(err, "model")
     model.eval()
