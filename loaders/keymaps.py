@@ -70,8 +70,13 @@ WAV2VEC_WEIGHT_NORM_NAMES = (
     ("encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
     ("encoder.pos_conv_embed.conv.weight_v", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
 )
-# Heads of pretraining / CTC classes that the encoder does not use.
-WAV2VEC_IGNORED_PREFIXES = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features.")
+# What released wav2vec2 files carry that the encoder does not use (skipped by name, nothing else is):
+# the heads of Wav2Vec2ForPreTraining, the class TencentGameMate/chinese-wav2vec2-base was saved from
+# (and so Kijai's fp16 repack of it): quantizer.codevectors, quantizer.weight_proj.{weight,bias},
+# project_q.{weight,bias}, project_hid.{weight,bias}; and Wav2Vec2ForCTC's lm_head.{weight,bias}.
+WAV2VEC_UNUSED_PREFIXES = ("quantizer.", "project_q.", "project_hid.", "lm_head.")
+# The training-time mask vector: loaded when the model has the slot (zeros if a file lacks it), else skipped.
+WAV2VEC_MASK_VECTOR = "masked_spec_embed"
 
 # Keys by which other model families are recognised (for "wrong input" messages).
 FOREIGN_FAMILIES = {
@@ -127,4 +132,23 @@ def umt5_official_name(key: str) -> str:
     for pattern, repl in _UMT5_HF_RENAMES:
         if pattern.match(key):
             return pattern.sub(repl, key)
+    return key
+
+
+def wav2vec_model_key(key: str, model_keys: set[str] | None = None) -> str | None:
+    """A wav2vec2 file key -> the encoder's key (None: not used). Strips ``wav2vec2.``, skips the
+    unused heads, and with ``model_keys`` (the built model's) gives the weight-norm pair and the mask
+    vector the names that model uses."""
+    for prefix in WAV2VEC_PREFIXES:
+        key = key[len(prefix):] if key.startswith(prefix) else key
+    if key.startswith(WAV2VEC_UNUSED_PREFIXES):
+        return None
+    if model_keys is None:
+        return key
+    if key == WAV2VEC_MASK_VECTOR and key not in model_keys:
+        return None
+    for pair in WAV2VEC_WEIGHT_NORM_NAMES:
+        if key in pair and key not in model_keys:
+            other = pair[1] if key == pair[0] else pair[0]
+            return other if other in model_keys else key
     return key

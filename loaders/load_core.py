@@ -208,8 +208,8 @@ def plan_keys(model: nn.Module, sources: list, keymap: KeyMap) -> dict[str, Entr
 
 def key_error(keymap: KeyMap, files: KeyedFiles, missing: set, unexpected: set) -> LoaderError:
     names = " + ".join(str(s.path) for s in files.sources)
-    parts = [f"{len(missing)} missing (e.g. {sorted(missing)[:EXAMPLES]})",
-             f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:EXAMPLES]})"]
+    parts = [f"{len(keys)} {what} (e.g. {sorted(keys)[:EXAMPLES]})"
+             for keys, what in ((missing, "missing"), (unexpected, "unexpected")) if keys]
     if files.duplicates:
         twice = [" and ".join(v) for _, v in sorted(files.duplicates.items())[:3]]
         parts.append(f"{len(files.duplicates)} provided twice (e.g. {twice})")
@@ -242,8 +242,8 @@ def _read(entry: Entry, slot: torch.Tensor, dtype: torch.dtype, device, keymap: 
 
 
 def _assign(modules: dict[str, nn.Module], key: str, value: torch.Tensor, entry: Entry, keymap: KeyMap) -> None:
-    owner = km.module_of(key)
-    module, local = modules[owner], key[len(owner) + 1:]
+    owner = km.module_of(key) if "." in key else ""          # "" = the model itself (masked_spec_embed)
+    module, local = modules[owner], key[len(owner) + 1:] if owner else key
     if isinstance(module, QuantoLinear) and module.quantized:
         local = km.QUANTO_SUFFIXES.get(local, local)
     current = module._parameters.get(local, module._buffers.get(local))

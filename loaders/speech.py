@@ -11,7 +11,9 @@ naming of the positional conv, both tables in ``keymaps``):
 * ComfyUI's ``audio_encoders`` files: no prefix, ``parametrizations.weight.original0/1``.
 Files are opened by content (``files.open_weights``): truncated, foreign and unsafe files get the same
 ``LoaderError`` as every other loader. Single files carry no config: dims are derived from tensor
-shapes, the rest are wav2vec2-base values.
+shapes, the rest are wav2vec2-base values. The key map (``keymaps.wav2vec_model_key``) is the only
+per-model data of the load; the documented unused heads (``keymaps.WAV2VEC_UNUSED_PREFIXES``) are
+skipped, every other tensor must fit exactly (``load_core``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import torch
 
 from ..models.wav2vec import Wav2Vec2At25fps
 from . import keymaps as km
-from .files import LoaderError, open_weights, read_json
+from .files import LoaderError, blame, open_weights, read_json
+from .load_core import KeyedFiles, KeyMap, load_into
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ BASE_CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 HEAD_DIM = 64  # every released wav2vec2 (base 768/12, large 1024/16)
 # chinese-wav2vec2-base's preprocessor_config.json says do_normalize: false (see media/speech_features.py).
 DEFAULT_DO_NORMALIZE = False
+MISSING_FIX = ("Download it again (TencentGameMate/chinese-wav2vec2-base, revision refs/pr/1, or "
+               "wav2vec2-chinese-base_fp16.safetensors): the file is incomplete or another model.")
 
 
 class Wav2VecLoadError(LoaderError):
@@ -66,70 +71,40 @@ def _is_wav2vec_config(folder: Path) -> bool:
         return False
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a weight file, opened by content (safetensors, or torch files weights-only)."""
-    with open_weights(path) as f:
-        return {k: f.get(k) for k in f.raw_keys()}
-
-
-def normalize_keys(sd: dict[str, torch.Tensor], target_keys: set[str] | None = None,
-                   source: str = "") -> dict[str, torch.Tensor]:
-    """Strip the ``wav2vec2.`` prefix, drop pretraining heads, and rename the weight-norm pair to
-    whichever naming ``target_keys`` (the model's own) uses."""
-    out = {}
-    for key, value in sd.items():
-        for prefix in km.WAV2VEC_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        if key.startswith(km.WAV2VEC_IGNORED_PREFIXES):
-            continue
-        out[key] = value
-    missing = [k for k in REQUIRED_KEYS if k not in out]
-    if missing:
-        raise Wav2VecLoadError(f"wav2vec2: {source or 'the file'} is not a wav2vec2 checkpoint "
-                               f"(missing {missing}); choose a wav2vec2 audio encoder file")
-    if target_keys is not None:
-        for old, new in km.WAV2VEC_WEIGHT_NORM_NAMES:
-            if old in out and old not in target_keys and new in target_keys:
-                out[new] = out.pop(old)
-            elif new in out and new not in target_keys and old in target_keys:
-                out[old] = out.pop(new)
-    return out
-
-
-def _conv_layers(sd: dict[str, torch.Tensor]) -> list[int]:
+def _conv_layers(names) -> list[int]:
     pat = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.conv\.weight$")
-    return sorted(int(m.group(1)) for k in sd if (m := pat.match(k)))
+    return sorted(int(m.group(1)) for k in names if (m := pat.match(k)))
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor]) -> dict:
-    """A transformers config dict from tensor shapes (keys already normalised)."""
-    hidden, conv_out = sd["feature_projection.projection.weight"].shape
-    convs = _conv_layers(sd)
+def config_from_shapes(shapes: dict[str, tuple]) -> dict:
+    """A transformers config dict from tensor shapes (under the encoder's names)."""
+    hidden, conv_out = shapes["feature_projection.projection.weight"]
+    convs = _conv_layers(shapes)
     if len(convs) != len(BASE_CONV_STRIDE):
         raise Wav2VecLoadError(f"wav2vec2: {len(convs)} conv layers found, expected {len(BASE_CONV_STRIDE)}; "
                                "this file needs its config.json next to it (HF folder layout)")
-    weights = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in convs]
-    layers = {int(m.group(1)) for k in sd if (m := re.match(r"^encoder\.layers\.(\d+)\.", k))}
-    pos_v = next((sd[name] for name in km.WAV2VEC_WEIGHT_NORM_NAMES[1] if name in sd), None)
+    weights = [shapes[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in convs]
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"^encoder\.layers\.(\d+)\.", k))}
+    pos_v = next((shapes[name] for name in km.WAV2VEC_WEIGHT_NORM_NAMES[1] if name in shapes), None)
     if pos_v is None:
         raise Wav2VecLoadError("wav2vec2: the positional conv weights (weight_v / original1) are missing")
-    layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in sd
+    layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in shapes
     return {
         "model_type": "wav2vec2",
         "hidden_size": int(hidden),
-        "num_hidden_layers": len(layers),
+        # the highest index, not the count: a layer missing in the middle is then a missing-key error
+        "num_hidden_layers": max(layers) + 1,
         "num_attention_heads": max(1, int(hidden) // HEAD_DIM),
-        "intermediate_size": int(sd["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0]),
-        "conv_dim": [int(w.shape[0]) for w in weights],
-        "conv_kernel": [int(w.shape[2]) for w in weights],
+        "intermediate_size": int(shapes["encoder.layers.0.feed_forward.intermediate_dense.weight"][0]),
+        "conv_dim": [int(w[0]) for w in weights],
+        "conv_kernel": [int(w[2]) for w in weights],
         "conv_stride": list(BASE_CONV_STRIDE),
-        "conv_bias": "feature_extractor.conv_layers.1.conv.bias" in sd,
+        "conv_bias": "feature_extractor.conv_layers.1.conv.bias" in shapes,
         "feat_extract_norm": "layer" if layer_norm_convs else "group",
         # Released checkpoints pair layer-norm convs with the pre-LN ("stable") encoder.
         "do_stable_layer_norm": layer_norm_convs,
-        "num_conv_pos_embeddings": int(pos_v.shape[2]),
-        "num_conv_pos_embedding_groups": int(hidden) // int(pos_v.shape[1]),
+        "num_conv_pos_embeddings": int(pos_v[2]),
+        "num_conv_pos_embedding_groups": int(hidden) // int(pos_v[1]),
         "feat_extract_activation": "gelu",
         "hidden_act": "gelu",
     }
@@ -142,26 +117,49 @@ def _folder_do_normalize(folder: Path | None) -> bool:
     return DEFAULT_DO_NORMALIZE
 
 
+def _key_hint(missing: set, unexpected: set, twice: set) -> str:
+    if missing:
+        return MISSING_FIX
+    return ("It holds tensors a wav2vec2 encoder does not have (only the pretraining / CTC heads listed in "
+            "keymaps.WAV2VEC_UNUSED_PREFIXES are skipped): choose a wav2vec2 encoder file.")
+
+
+def _keymap(model_keys: set[str], built_from: str) -> KeyMap:
+    return KeyMap(f"the wav2vec2 encoder built from its {built_from}",
+                  rename=lambda key: km.wav2vec_model_key(key, model_keys),
+                  fill={km.WAV2VEC_MASK_VECTOR: 0.0} if km.WAV2VEC_MASK_VECTOR in model_keys else {},
+                  hint=_key_hint, shape_fix=f"Its {built_from} does not fit its weights. " + MISSING_FIX,
+                  error=Wav2VecLoadError)
+
+
 def load_wav2vec(path, device="cpu", dtype: torch.dtype = torch.float32) -> Wav2Vec2At25fps:
-    """Load a wav2vec2 checkpoint (HF folder, Kijai's or ComfyUI's single file) for 25 fps features."""
-    weights, folder = _find_weights(Path(path))
-    raw = read_state_dict(weights)
-    sd = normalize_keys(raw, source=str(weights))
-    if folder is not None:
-        config = read_json(folder / "config.json", "wav2vec2 config")
-    else:
-        config = config_from_state_dict(sd)
-    model = Wav2Vec2At25fps(config, do_normalize=_folder_do_normalize(folder))
-    target = set(model.state_dict())
-    sd = normalize_keys(raw, target, source=str(weights))
-    if "masked_spec_embed" in target and "masked_spec_embed" not in sd:
-        sd["masked_spec_embed"] = torch.zeros_like(model.masked_spec_embed)  # training-only vector
-    sd = {k: v for k, v in sd.items() if not (k == "masked_spec_embed" and k not in target)}
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise Wav2VecLoadError(f"wav2vec2: {weights} does not match the model built from its "
-                               f"{'config.json' if folder else 'shapes'}: missing {result.missing_keys[:8]}, "
-                               f"unexpected {result.unexpected_keys[:8]}")
+    """Load a wav2vec2 checkpoint (HF folder, Kijai's or ComfyUI's single file) for 25 fps features.
+
+    The model is built on the meta device and filled tensor by tensor (``load_core``); a missing,
+    unexpected or misshapen tensor is one ``Wav2VecLoadError`` blaming the ``wav2vec_model`` input.
+    """
+    try:
+        return _load(Path(path), device, dtype)
+    except LoaderError as err:
+        raise blame(err, "wav2vec_model")
+
+
+def _load(path: Path, device, dtype: torch.dtype) -> Wav2Vec2At25fps:
+    weights, folder = _find_weights(path)
+    with open_weights(weights) as src:
+        named = KeyedFiles([src], km.wav2vec_model_key)        # the encoder's names, before it exists
+        missing = [k for k in REQUIRED_KEYS if k not in named]
+        if missing:
+            raise Wav2VecLoadError(f"wav2vec2: {weights} is not a wav2vec2 checkpoint (missing {missing}); "
+                                   "choose a wav2vec2 audio encoder file")
+        if folder is not None:
+            config = read_json(folder / "config.json", "wav2vec2 config")
+        else:
+            config = config_from_shapes({name: named.shape(name) for name in named.found if name in named})
+        with torch.device("meta"):
+            model = Wav2Vec2At25fps(config, do_normalize=_folder_do_normalize(folder))
+        keymap = _keymap(set(model.state_dict()), "config.json" if folder else "shapes")
+        load_into(model, [src], keymap, dtype, device)
     log.info("wav2vec2: loaded %s (hidden %d, %d layers, do_normalize=%s)", weights,
              model.config.hidden_size, model.config.num_hidden_layers, model.do_normalize)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.eval()

@@ -1,11 +1,14 @@
 """wav2vec2 speech features against the official reference (golden README §3)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from golden import assert_close, golden_cases
+from infinitetalk.loaders.speech import load_wav2vec
 from infinitetalk.models.wav2vec import Wav2Vec2At25fps
 from infinitetalk.media import speech_features
 from infinitetalk.samplers.audio_windows import audio_indices, frame_audio_windows
@@ -72,3 +75,17 @@ def test_windows(case):
         assert torch.equal(idx, expected[f"window_start{s}.indices"]), f"indices at start {s}"
         audio = frame_audio_windows(emb[None], s, clip_len, emb.shape[0])
         assert_close(audio, expected[f"window_start{s}.audio"], 0.0, f"window audio at start {s}")
+
+
+@pytest.mark.parametrize("case", golden_cases("audio_features"))
+def test_loader_gives_the_reference_embedding(case, tmp_path):
+    """The same weights through ``load_wav2vec`` (HF folder layout: config.json beside the file)."""
+    folder = tmp_path / "chinese-wav2vec2-base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(case.case["wav2vec2_config"]))
+    (folder / "preprocessor_config.json").write_text(json.dumps(case.case["feature_extractor_config"]))
+    (folder / "model.safetensors").symlink_to(case.dir / case.case.get("weights_file", "weights.safetensors"))
+    model = load_wav2vec(folder)
+    assert model.do_normalize == case.case["feature_extractor_config"]["do_normalize"]
+    emb = speech_features.embed_speech(model, case.inputs()["waveform_16k"], case.case["sr"])
+    assert_close(emb, case.outputs()["embedding"], ATOL, "embed_speech via load_wav2vec")

@@ -150,6 +150,54 @@ def test_wav2vec_rejects_other_files(tmp_path):
         load_wav2vec(path)
 
 
+def _drop_key(path, part: str) -> str:
+    """Rewrite a safetensors file without the one key containing ``part``; returns that key."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    key = next(k for k in sd if part in k)
+    del sd[key]
+    save_file(sd, str(path))
+    return key
+
+
+@pytest.mark.parametrize("layout", ["hf_folder", "comfy", "kijai"])
+def test_wav2vec_missing_weight_is_one_clear_error(layout, tmp_path):
+    """A missing tensor must never leave a random weight: one LoaderError naming the file, the key,
+    the input and the fix."""
+    if layout == "hf_folder":
+        tiny.write_wav2vec_folder(tmp_path / "w")
+        path, weights = tmp_path / "w", tmp_path / "w" / "model.safetensors"
+    else:
+        path = weights = tmp_path / "wav2vec2-chinese-base_fp16.safetensors"
+        tiny.write_wav2vec_comfy(path, style=layout)
+    _drop_key(weights, "layers.3.attention.k_proj.bias")
+    with pytest.raises(LoaderError) as err:
+        load_wav2vec(path)
+    msg = str(err.value)
+    assert str(weights) in msg and "encoder.layers.3.attention.k_proj.bias" in msg
+    assert err.value.input == "wav2vec_model" and "Download" in msg
+
+
+def test_wav2vec_unused_keys_are_a_documented_list(tmp_path):
+    """Pretraining / CTC heads load (ignored, listed in keymaps); any other extra key is an error."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "w.safetensors"
+    sd = tiny.write_wav2vec_comfy(path, style="kijai")
+    extra = load_file(str(path))
+    extra.update({"project_hid.weight": torch.zeros(2, 2), "lm_head.weight": torch.zeros(2, 2),
+                  "wav2vec2.masked_spec_embed": torch.zeros(tiny.TINY_WAV2VEC["hidden_size"])})
+    save_file(extra, str(path))
+    x = torch.randn(8000, generator=torch.Generator().manual_seed(3))
+    assert_close(load_wav2vec(path)(x, 12), _plain_wav2vec(sd)(x, 12), 1e-5, "with heads")
+    extra["classifier.weight"] = torch.zeros(2, 2)
+    save_file(extra, str(path))
+    with pytest.raises(LoaderError, match="classifier.weight") as err:
+        load_wav2vec(path)
+    assert err.value.input == "wav2vec_model"
+
+
 # ------------------------------------------------------------- quantized weights stay quantized
 
 def _state_bytes(model) -> int:
@@ -181,6 +229,45 @@ def test_umt5_scaled_fp8_stays_fp8(tmp_path):
     assert model.blocks[0].ffn.fc2.weight_data.dtype == torch.float8_e4m3fn
     ids, mask = tok(PROMPTS)
     assert torch.equal(model(ids, mask), load_umt5(path, dtype=torch.float32, keep_quantized=False)[0](ids, mask))
+
+
+# ------------------------------------------------------------- one tensor at a time (host memory)
+
+@pytest.fixture
+def live_reads(monkeypatch):
+    """Counts, at every read, the bytes of earlier reads still alive (weak references to what
+    ``WeightFile.get`` returned): a loader that builds a whole dict of the file holds them all."""
+    import weakref
+
+    from infinitetalk.loaders.files import WeightFile
+
+    refs, peak, get = {}, [0], WeightFile.get
+
+    def counting_get(self, key):
+        peak[0] = max(peak[0], sum(n for ref, n in refs.values() if ref() is not None))
+        t = get(self, key)
+        refs[id(t)] = (weakref.ref(t), t.numel() * t.element_size())
+        return t
+
+    monkeypatch.setattr(WeightFile, "get", counting_get)
+    return peak
+
+
+@pytest.mark.parametrize("loader", ["umt5", "wav2vec"])
+def test_encoders_read_one_tensor_at_a_time(loader, live_reads, tmp_path):
+    """fp16 files loaded as fp32: every tensor read is a temporary that is cast and placed before the
+    next is read, so at most one earlier read (a weight with its scale) is alive, never the file."""
+    path = tmp_path / "x.safetensors"
+    if loader == "umt5":
+        sd = tiny.write_umt5_comfy_safetensors(path, spiece=False)
+        model = load_umt5(path, dtype=torch.float32, tokenizer_path=tiny.write_tokenizer_folder(tmp_path / "t"))[0]
+    else:
+        sd = tiny.write_wav2vec_comfy(path, style="kijai")
+        model = load_wav2vec(path, dtype=torch.float32)
+    largest = max(v.numel() for v in sd.values()) * 2              # fp16 bytes
+    total = sum(v.numel() for v in sd.values()) * 2
+    assert _state_bytes(model) >= 2 * total                        # fp32 result
+    assert live_reads[0] <= largest < total / 4, (live_reads[0], largest, total)
 
 
 # ------------------------------------------------------- the same bad-file errors as every loader
