@@ -56,11 +56,10 @@ UMT5_HF_RENAMES = (
     (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.weight$", r"blocks.\1.ffn.fc2.weight"),
 )
 _UMT5_HF_RENAMES = tuple((re.compile(p), r) for p, r in UMT5_HF_RENAMES)
-# The umT5 Linear weights (official names): the only tensors a scaled-fp8 file keeps as fp8 slots.
-UMT5_LINEAR_WEIGHT = re.compile(r"^blocks\.\d+\.(attn\.[qkvo]|ffn\.(gate\.0|fc1|fc2))\.weight$")
-# umT5 file entries that are not encoder weights (tokenizer, markers, the tied copy, activation scalars).
-UMT5_IGNORED = (r"(^|\.)spiece_model$", r"(^|\.)scaled_fp8$", r"(^|\.)encoder\.embed_tokens\.weight$",
-                r"\.scale_input$", r"\.(input|output)_scale$")
+# umT5 file entries that are not encoder weights: the embedded tokenizer and ComfyUI's tied copy of
+# the embedding. (Quant markers and scales are the loading core's business, never passed here.)
+UMT5_IGNORED = (r"(^|\.)spiece_model$", r"(^|\.)encoder\.embed_tokens\.weight$")
+_UMT5_IGNORED = tuple(re.compile(p) for p in UMT5_IGNORED)
 
 # -- wav2vec2 audio encoder ------------------------------------------------------------------------
 WAV2VEC_ANCHOR = "feature_extractor.conv_layers.0.conv.weight"
@@ -125,6 +124,11 @@ def module_of(key: str) -> str:
         if key.endswith("." + suffix):
             return key[: -len(suffix) - 1]
     return key.rsplit(".", 1)[0]
+
+
+def umt5_model_key(key: str) -> str | None:
+    """A umT5 file key (prefix stripped) -> the official name, or None for a non-weight entry."""
+    return None if any(p.search(key) for p in _UMT5_IGNORED) else umt5_official_name(key)
 
 
 def umt5_official_name(key: str) -> str:

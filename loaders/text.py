@@ -13,7 +13,9 @@ Layouts:
   Linear layers stay int8 / fp8 (``models/quant_ops.py``; umT5-XXL ≈ 6.7 GB instead of 11.4 GB in bf16).
 ``keep_quantized=False`` dequantises both quantized layouts to ``dtype`` at load (the old behaviour).
 Files are opened by content (``files.open_weights``), dims come from tensor shapes, never from file
-names. Tensors are converted one at a time into a model built on the meta device.
+names. Per-model part only: the prefix, the rename table (``keymaps.umt5_model_key``), the config
+from shapes and which Linear layers stay quantized; the loading core (``load_core``) plans every
+key and streams the tensors one at a time into a model built on the meta device.
 """
 from __future__ import annotations
 
@@ -24,17 +26,19 @@ from pathlib import Path
 import torch
 
 from ..models.ops import TorchOps
-from ..models.quant_ops import QTYPES, QuantoOps
+from ..models.quant_ops import QuantoOps
 from ..models.umt5 import UMT5Encoder
 from . import keymaps as km
-from .files import LoaderError, WeightFile, open_weights
-from .quanto import find_quant_map, map_candidates, prepare_quantized, row_scale
+from .files import LoaderError, WeightFile, blame, open_weights
+from .fp8 import FP8_QTYPE, fp8_linear_modules
+from .load_core import KeyedFiles, KeyMap, load_into
+from .quanto import find_quant_map, map_candidates, prepare_quantized
 from .tokenizer import UMT5Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-_IGNORED = tuple(re.compile(p) for p in km.UMT5_IGNORED)
-_QUANTO_SCALE = ".weight._scale"
+FILES_HINT = ("Choose models_t5_umt5-xxl-enc-bf16.pth, a umt5_xxl_*.safetensors file or t5_int8/t5_fp8.safetensors "
+              "(with its t5_map_*.json).")
 
 
 class TextEncoderLoadError(LoaderError):
@@ -57,26 +61,15 @@ def official_name(key: str) -> str:
     return km.umt5_official_name(key)
 
 
-def _tensor_plan(src: WeightFile) -> tuple[dict[str, tuple[str, ...]], str, str]:
-    """official weight name -> source key(s): (weight,) or (weight/_data, scale); format tag; prefix."""
+def _named(src: WeightFile) -> tuple[KeyedFiles, str, str]:
+    """The file's tensors under the official names (its prefix stripped, ``keymaps.umt5_model_key``),
+    its format ('quanto', 'scaled_fp8' or 'plain') and the prefix."""
     raw = src.raw_keys()
     prefix = _strip_prefix(raw)
-    keys = [k[len(prefix):] for k in raw if k.startswith(prefix)]
-    quanto = any(k.endswith(km.QUANTO_DATA) for k in keys)
+    files = KeyedFiles([src], lambda k: km.umt5_model_key(k[len(prefix):]) if k.startswith(prefix) else None)
     scaled = any(k == km.SCALED_FP8_MARKER or k.endswith("." + km.SCALED_FP8_MARKER) for k in raw)
-    keyset = set(keys)
-    plan: dict[str, tuple[str, ...]] = {}
-    for key in keys:
-        if any(p.search(key) for p in _IGNORED) or key.endswith((_QUANTO_SCALE, km.SCALED_FP8_SUFFIX)):
-            continue
-        if key.endswith(km.QUANTO_DATA):
-            base = key[: -len("._data")]
-            plan[official_name(base)] = (prefix + key, prefix + base + "._scale")
-        elif scaled and key.endswith(".weight") and key[: -len(".weight")] + km.SCALED_FP8_SUFFIX in keyset:
-            plan[official_name(key)] = (prefix + key, prefix + key[: -len(".weight")] + km.SCALED_FP8_SUFFIX)
-        else:
-            plan[official_name(key)] = (prefix + key,)
-    return plan, "quanto" if quanto else "scaled_fp8" if scaled else "plain", prefix
+    quanto = any(f.data for f in files.found.values())
+    return files, "quanto" if quanto else "scaled_fp8" if scaled else "plain", prefix
 
 
 def _config_from_shapes(shapes: dict[str, tuple]) -> dict:
@@ -116,26 +109,6 @@ def _quanto_map(src: WeightFile, prefix: str) -> dict[str, str]:
     return {official_name(m + ".weight")[: -len(".weight")]: spec["weights"] for m, spec in qmap.items()}
 
 
-def _fp8_scaled_modules(src: WeightFile, plan: dict) -> dict[str, str]:
-    """Modules of a ComfyUI scaled-fp8 file whose Linear weight is float8_e4m3fn: kept as fp8 slots."""
-    return {name[: -len(".weight")]: "qfloat8_e4m3fn" for name, keys in plan.items()
-            if len(keys) == 2 and src.dtype(keys[0]) == QTYPES["qfloat8_e4m3fn"]
-            and km.UMT5_LINEAR_WEIGHT.match(name)}
-
-
-def _materialise(src: WeightFile, name: str, keys: tuple[str, ...], dtype, quantized: set) -> dict:
-    """Official state-dict entries for one planned weight (quantized slots keep data + per-row scale)."""
-    w = src.get(keys[0])
-    module = name[: -len(".weight")]
-    if module in quantized:
-        scale = src.get(keys[1]) if len(keys) == 2 else None
-        return {name + "._data": w, name + "._scale": row_scale(w.shape[0], scale, f"{src.path}: {keys[-1]}"),
-                module + ".input_scale": torch.ones(()), module + ".output_scale": torch.ones(())}
-    if len(keys) == 2:  # dequantise: quanto (_data * _scale [out, 1]) or scaled fp8 (weight * scalar)
-        w = w.to(torch.float32) * src.get(keys[1]).to(torch.float32)
-    return {name: w.to(dtype)}
-
-
 def _open(path) -> WeightFile:
     path = Path(path)
     if path.is_dir():
@@ -148,22 +121,41 @@ def _open(path) -> WeightFile:
     return open_weights(path)
 
 
-def load_umt5_state(path, dtype: torch.dtype = torch.bfloat16, keep_quantized: bool = True):
-    """(official-name state dict, {quantized module: qtype}, config, WeightFile, format tag)."""
+UMT5_KEYS = KeyMap("the umT5 encoder built from its shapes", error=TextEncoderLoadError,
+                   hint=lambda missing, unexpected, twice: FILES_HINT + " If it is one of these, download it again.",
+                   shape_fix="The file is damaged or not umT5-XXL. " + FILES_HINT)
+
+
+def _load(path, device, dtype: torch.dtype, keep_quantized: bool):
+    """(model, {quantized module: qtype}, config, WeightFile, format tag, embedded tokenizer or None)."""
     src = _open(path)
-    plan, fmt, prefix = _tensor_plan(src)
-    qtypes = {}
-    if fmt == "quanto":
-        qtypes = _quanto_map(src, prefix)
-    elif fmt == "scaled_fp8":
-        qtypes = _fp8_scaled_modules(src, plan)
-    if not keep_quantized:
+    with src:
+        spiece = _embedded_spiece(src)             # read before the core releases the file
+        files, fmt, prefix = _named(src)
+        config = _config_from_shapes({name: files.shape(name) for name in files.found if name in files})
+        keep = keep_quantized and fmt != "plain"
+        with torch.device("meta"):
+            model = UMT5Encoder(**config, operations=QuantoOps if keep else TorchOps, dtype=dtype)
         qtypes = {}
-    config = _config_from_shapes({name: src.shape(keys[0]) for name, keys in plan.items()})
-    sd = {}
-    for name, keys in plan.items():
-        sd.update(_materialise(src, name, keys, dtype, set(qtypes)))
-    return sd, qtypes, config, src, fmt
+        if keep and fmt == "quanto":
+            qtypes = _quanto_map(src, prefix)
+        elif keep:      # scaled fp8: the fp8 Linear weights that come with a scale stay fp8 slots
+            qtypes = {m: FP8_QTYPE for m in fp8_linear_modules(files, model) if files.found[m + ".weight"].scale}
+        prepare_quantized(model, {m: {"weights": q, "activations": "none"} for m, q in qtypes.items()})
+        load_into(model, files, UMT5_KEYS, dtype, device)
+    return model.eval(), qtypes, config, src, fmt, spiece
+
+
+def load_umt5_state(path, dtype: torch.dtype = torch.bfloat16, keep_quantized: bool = True):
+    """(official-name state dict, {quantized module: qtype}, config, WeightFile, format tag).
+
+    The state dict is the loaded model's (``_load``: streamed by the loading core, no second copy);
+    the WeightFile is closed (its keys, shapes and path remain)."""
+    try:
+        model, qtypes, config, src, fmt, _ = _load(path, "cpu", dtype, keep_quantized)
+    except LoaderError as err:
+        raise blame(err, "t5_model")
+    return model.state_dict(), qtypes, config, src, fmt
 
 
 def _embedded_spiece(src: WeightFile) -> torch.Tensor | None:
@@ -176,18 +168,13 @@ def load_umt5(path, device="cpu", dtype: torch.dtype = torch.bfloat16, tokenizer
     """Load the umT5 encoder (official/ComfyUI/quanto layouts) and its tokenizer from user files.
 
     ``keep_quantized``: int8 / fp8 layouts keep their Linear weights quantized (default); False
-    dequantises them to ``dtype``.
+    dequantises them to ``dtype``. Errors are ``LoaderError``s blaming the ``t5_model`` input.
     """
-    sd, qtypes, config, src, fmt = load_umt5_state(path, dtype, keep_quantized)
-    tokenizer = load_tokenizer(src.path, _embedded_spiece(src), tokenizer_path)
-    with torch.device("meta"):
-        model = UMT5Encoder(**config, operations=QuantoOps if qtypes else TorchOps, dtype=dtype)
-    prepare_quantized(model, {m: {"weights": q, "activations": "none"} for m, q in qtypes.items()})
-    result = model.load_state_dict(sd, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise TextEncoderLoadError(f"umT5: {src.path} does not match a umT5 encoder: missing "
-                                   f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
-    src.close()
+    try:
+        model, qtypes, config, src, fmt, spiece = _load(path, device, dtype, keep_quantized)
+        tokenizer = load_tokenizer(src.path, spiece, tokenizer_path)
+    except LoaderError as err:
+        raise blame(err, "t5_model")
     log.info("umT5: loaded %s (%s; dim %d, %d layers, %d heads) as %s, %d Linear layers kept quantized",
              src.path, fmt, config["dim"], config["num_layers"], config["num_heads"], dtype, len(qtypes))
-    return model.to(device).eval(), tokenizer
+    return model, tokenizer
