@@ -82,6 +82,9 @@ class Found:
     def tensor_key(self) -> str | None:
         return self.value or self.data
 
+    def any_key(self) -> str | None:
+        return self.value or self.data or self.scale or self.data_scale
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -139,13 +142,11 @@ class KeyedFiles:
             self.scalars[name[: -len(".weight")] + role] = (src, key)
             return
         entry = self.found.setdefault(name, Found(src))
-        if entry.source is not src or getattr(entry, role) is not None:
-            self.duplicates.setdefault(name, [_where(entry.source, entry.tensor_key() or key)]).append(
-                _where(src, key))
+        other = {"value": entry.data, "data": entry.value}.get(role)   # a weight both plain and quantized
+        if entry.source is not src or getattr(entry, role) is not None or other is not None:
+            self.duplicates.setdefault(name, [_where(entry.source, entry.any_key())]).append(_where(src, key))
             return
         setattr(entry, role, key)
-        if entry.value and entry.data:
-            self.duplicates.setdefault(name, [_where(src, entry.value)]).append(_where(src, entry.data))
 
     def __contains__(self, name: str) -> bool:
         return name in self.found and self.found[name].tensor_key() is not None
@@ -190,8 +191,9 @@ def _plan_one(key: str, files: KeyedFiles, keymap: KeyMap, used: set) -> Entry |
     return None
 
 
-def plan_keys(model: nn.Module, sources: list, keymap: KeyMap) -> dict[str, Entry]:
-    """model key -> ``Entry``; every key exactly once, or one error listing what does not fit."""
+def plan_keys(model: nn.Module, sources, keymap: KeyMap) -> dict[str, Entry]:
+    """model key -> ``Entry``; every key exactly once, or one error listing what does not fit.
+    ``sources``: a list of ``WeightFile`` (``keymap.rename`` is applied here) or a ``KeyedFiles``."""
     files = sources if isinstance(sources, KeyedFiles) else KeyedFiles(sources, keymap.rename)
     plan, missing, used = {}, set(), set()
     for key in model.state_dict(keep_vars=True):
@@ -200,7 +202,7 @@ def plan_keys(model: nn.Module, sources: list, keymap: KeyMap) -> dict[str, Entr
             missing.add(key)
         else:
             plan[key] = entry
-    unexpected = {f.tensor_key() or f.scale or f.data_scale for name, f in files.found.items() if name not in used}
+    unexpected = {f.any_key() for name, f in files.found.items() if name not in used}
     if missing or unexpected or files.duplicates:
         raise key_error(keymap, files, missing, unexpected)
     return plan

@@ -151,3 +151,10 @@ def test_keyed_files_answer_under_model_names(tmp_path):
                        rename=lambda k: k.removeprefix("x."))
     assert "a.weight" in files and files.dtype("a.weight") == torch.float8_e4m3fn
     assert files.shape("b.weight") == (2, 3) and files.found["b.weight"].scale == "x.b.scale_weight"
+
+
+def test_a_weight_both_plain_and_quantized_is_provided_twice(tmp_path):
+    tensors = {**_weights(), "b.weight._data": torch.zeros(2, 3, dtype=torch.int8), "b.weight._scale": torch.ones(2, 1)}
+    with pytest.raises(LoaderError, match=r"1 provided twice \(e.g. \['b.weight \(w.safetensors\) and "
+                                          r"b.weight._data \(w.safetensors\)'\]\)"):
+        plan_keys(_meta_toy(), [_file(tmp_path, tensors)], PLAIN)
