@@ -2,7 +2,7 @@
 
 Rooms below the nodes know which input a problem belongs to but not which node shows it; the nodes
 add their name (``nodes/types.py::blaming``), so every message reads "node: input 'x': problem. fix".
-``loaders/files.py::LoaderError`` follows the same rule (its ``input`` attribute).
+``loaders/files.py::LoaderError`` is one (a weight file at fault; its ``input`` may be set later).
 """
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -32,15 +34,16 @@ SAFETENSORS_DTYPES = {
 }
 
 
-class LoaderError(ValueError):
+class LoaderError(InputError):
     """A weight file cannot be used: the message says which file, what is wrong and how to fix it.
 
-    ``input`` names the node input whose file is at fault ("model", "audio_adapter", "lora", ...) when
-    the loader knows it; the nodes use it instead of guessing from the message text."""
+    The pack's one input error (``errors.InputError``) with the whole message as its problem:
+    ``input`` names the node input whose file is at fault ("model", "audio_adapter", "lora", ...)
+    when the loader knows it (else None, set later by ``blame``); the nodes use it instead of
+    guessing from the message text."""
 
-    def __init__(self, message: str, input: str | None = None):
-        super().__init__(message)
-        self.input = input
+    def __init__(self, message: str, input: str | None = None):  # noqa: A002 - the node input's name
+        super().__init__(input, message)
 
 
 def blame(err: LoaderError, input_name: str) -> LoaderError:

@@ -9,9 +9,11 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..errors import InputError
 from ..runs.sample_video import SAMPLER_CRF, sample_video
 from ..samplers import conditioning as C
 from ..samplers.presets import modes_tooltip
+from ..samplers.settings import check_motion_frames
 from ..samplers.teacache import OFFICIAL_THRESHOLD
 from .sampler_video import SamplerVideo
 from .types import CATEGORY, Audio, Model, Text, adv, blaming
@@ -135,9 +137,10 @@ class InfiniteTalkSampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, motion_frames=0):
         """Before anything runs (the widget allows any value up to 65)."""
-        if motion_frames and (motion_frames - 1) % 4:
-            return (f"{NODE}: input 'motion_frames': {motion_frames} is not of the form 4n+1. Use 0 "
-                    "(the family's default), 1, 5, 9, 13, ... 65")
+        try:
+            check_motion_frames(motion_frames)
+        except InputError as err:
+            return f"{NODE}: input '{err.input}': {err}"
         return True
 
     @classmethod

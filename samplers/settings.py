@@ -55,6 +55,13 @@ class Settings:
         return out
 
 
+def check_motion_frames(motion_frames: int) -> None:
+    """0 (the family's default) or 4n+1 frames: the VAE encodes 1 + 4k frames."""
+    if motion_frames and (motion_frames - 1) % 4:
+        raise InputError("motion_frames", f"{motion_frames} is not of the form 4n+1",
+                         "Use 0 (the family's default), 1, 5, 9, 13, ... 65")
+
+
 def from_node_inputs(family: str, device, dit_dtype, *, mode: str, steps: int, text_guidance: float,
                      audio_guidance: float, shift: float, seed: int, resolution: str, width: int, height: int,
                      color_correction: float, motion_frames: int, apg: bool, teacache_thresh: float,
@@ -78,9 +85,7 @@ def from_node_inputs(family: str, device, dit_dtype, *, mode: str, steps: int, t
     if max_frames > 0:
         over["max_frames"] = max_frames
     if motion_frames > 0:
-        if (motion_frames - 1) % 4:
-            raise InputError("motion_frames", f"{motion_frames} is not of the form 4n+1",
-                             "Use 0 (the family's default), 1, 5, 9, 13, ... 65")
+        check_motion_frames(motion_frames)
         over["motion_frames"] = motion_frames
     if resolution == "custom":
         if width % 16 or height % 16:
