@@ -138,6 +138,25 @@ def uncompile_blocks(model: WanModel) -> None:
     model.uncompile_blocks()
 
 
+def guard(res: dict, label: str, fn, after=None, limit: int = 600):
+    """Run one bench part: on error record it in ``res["errors"][label]`` and go on (one failing part
+    must not lose the others); then print its time, free the GPU and call ``after()`` (e.g. rewrite a
+    partial results file, so a run cut off keeps what it measured)."""
+    import time
+    import traceback
+    t0 = time.time()
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - the bench reports every failure and continues
+        traceback.print_exc()
+        res.setdefault("errors", {})[label] = f"{type(err).__name__}: {err}"[:limit]
+    finally:
+        print(f"[{label}] {time.time() - t0:.1f}s", flush=True)
+        free_cuda()
+        if after:
+            after()
+
+
 def free_cuda() -> None:
     """Drop unreachable tensors and give cached GPU memory back (between bench parts)."""
     import gc

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -37,18 +36,11 @@ def _grid(latent):
 
 
 def _guard(res: dict, label: str, fn):
-    """Run one part; on error record it and go on (one failing part must not lose the others)."""
-    t0 = time.time()
-    try:
-        return fn()
-    except Exception as err:  # noqa: BLE001 - the bench reports every failure and continues
-        traceback.print_exc()
-        res.setdefault("errors", {})[label] = f"{type(err).__name__}: {err}"[:500]
-    finally:
-        print(f"[{label}] {time.time() - t0:.1f}s", flush=True)
-        bl.free_cuda()
-        if res.get("_partial"):  # keep what is measured if the run is cut off
+    """``bench_lib.guard``, rewriting ``res["_partial"]`` (when set) after every part."""
+    def keep():
+        if res.get("_partial"):
             Path(res["_partial"]).write_text(json.dumps({k: v for k, v in res.items() if k != "_partial"}, indent=1))
+    return bl.guard(res, label, fn, keep, limit=500)
 
 
 def _forward(res, key, model, cfg, latent, speakers, dtype, reps, device, flops_rate=None):

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -66,17 +64,7 @@ def host_model(cfg: dict, state: dict, dtype) -> torch.nn.Module:
 
 
 def _guard(res: dict, label: str, fn, partial: Path | None):
-    t0 = time.time()
-    try:
-        return fn()
-    except Exception as err:  # noqa: BLE001 - the bench records every failure and goes on
-        traceback.print_exc()
-        res.setdefault("errors", {})[label] = f"{type(err).__name__}: {err}"[:600]
-    finally:
-        print(f"[{label}] {time.time() - t0:.1f}s", flush=True)
-        bl.free_cuda()
-        if partial:
-            partial.write_text(json.dumps(res, indent=1))
+    return bl.guard(res, label, fn, partial and (lambda: partial.write_text(json.dumps(res, indent=1))))
 
 
 def _time(res: dict, key: str, model, inp: dict, reps: int, ref: torch.Tensor | None) -> torch.Tensor:
