@@ -14,9 +14,8 @@ from fractions import Fraction
 
 import torch
 
+from .speech_features import FPS  # the models' frame rate: one video frame per speech feature
 from .video_file import open_source
-
-FPS = 25
 
 
 def _timestamps(source) -> tuple[list[float], float, Fraction | None]:

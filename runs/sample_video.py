@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from ..loaders import managed_dit
 from ..media.source_video import SourceVideo
+from ..media.speech_features import FPS
 from ..media.video_file import Mp4Writer, reserve_output_path
 from ..samplers import checks
 from ..samplers.loop import generate
@@ -28,7 +29,6 @@ from ..samplers.windows import plan_windows
 
 log = logging.getLogger(__name__)
 SAMPLER_CRF = 19             # the sampler's H.264 quality; Video Combine's default matches it
-FPS = 25
 
 
 @dataclass
