@@ -78,8 +78,7 @@ def _time(res: dict, key: str, model, inp: dict, reps: int, ref: torch.Tensor | 
            "peak_gib": torch.cuda.max_memory_allocated() / bl.GIB, "finite": bool(torch.isfinite(y).all())}
     if ref is not None:
         row["max_abs_vs_resident"] = float((y.float() - ref.float()).abs().max())
-    base = res["runs"].get(key.replace("ours", "resident").replace("host", "resident").split("_")[0]
-                           + ("_compiled" if key.endswith("_compiled") else ""))
+    base = res["runs"].get("resident_compiled" if key.endswith("_compiled") else "resident")
     if base:
         row["extra_vs_resident"] = med / base["s"] - 1
     res["runs"][key] = row
